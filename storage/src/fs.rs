@@ -612,14 +612,20 @@ mod tests {
         fs.list_dir(Path::new(dir)).unwrap()
     }
 
+    /// A file in `/d` whose contents and directory entry are both durable.
+    fn durable_file(fs: &SimFs, name: &str, contents: &[u8]) -> Box<dyn FsFile> {
+        fs.create_dir_all(Path::new("/d")).unwrap();
+        let mut file = fs.create(&Path::new("/d").join(name)).unwrap();
+        file.write_all(contents).unwrap();
+        file.sync_data().unwrap();
+        fs.sync_dir(Path::new("/d")).unwrap();
+        file
+    }
+
     #[test]
     fn crash_drops_unsynced_data_and_entries() {
         let fs = SimFs::new();
-        fs.create_dir_all(Path::new("/d")).unwrap();
-        let mut f = fs.create(Path::new("/d/a")).unwrap();
-        f.write_all(b"durable").unwrap();
-        f.sync_data().unwrap();
-        fs.sync_dir(Path::new("/d")).unwrap();
+        let mut f = durable_file(&fs, "a", b"durable");
         f.write_all(b" lost").unwrap();
         let _g = fs.create(Path::new("/d/b")).unwrap(); // entry never synced
         fs.crash();
@@ -646,11 +652,7 @@ mod tests {
     #[test]
     fn rename_is_undone_without_dir_sync() {
         let fs = SimFs::new();
-        fs.create_dir_all(Path::new("/d")).unwrap();
-        let mut f = fs.create(Path::new("/d/tmp")).unwrap();
-        f.write_all(b"x").unwrap();
-        f.sync_data().unwrap();
-        fs.sync_dir(Path::new("/d")).unwrap();
+        durable_file(&fs, "tmp", b"x");
         fs.rename(Path::new("/d/tmp"), Path::new("/d/final"))
             .unwrap();
         fs.crash();
@@ -660,11 +662,7 @@ mod tests {
     #[test]
     fn torn_crash_keeps_a_prefix_of_unsynced_appends() {
         let fs = SimFs::new();
-        fs.create_dir_all(Path::new("/d")).unwrap();
-        let mut f = fs.create(Path::new("/d/a")).unwrap();
-        f.write_all(b"abc").unwrap();
-        f.sync_data().unwrap();
-        fs.sync_dir(Path::new("/d")).unwrap();
+        let mut f = durable_file(&fs, "a", b"abc");
         f.write_all(b"defgh").unwrap();
         fs.crash_keeping(|_, unsynced| {
             assert_eq!(unsynced, 5);
