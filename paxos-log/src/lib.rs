@@ -32,16 +32,22 @@
 
 pub mod config;
 pub mod core;
+pub mod driver;
 pub mod error;
 pub mod message;
 pub mod ready;
+pub mod state_machine;
 pub mod store;
+pub mod transport;
 pub mod types;
 
 pub use crate::config::Config;
 pub use crate::core::{Replica, Role};
+pub use crate::driver::{DriverOptions, Node, NodeError, NodeHandle, NodeMetrics, StartError};
 pub use crate::error::{ConfigError, ProposeError};
 pub use crate::message::{Envelope, Message, PromisedSlot, SlotValue};
 pub use crate::ready::{PersistOp, ReadReady, Ready};
-pub use crate::store::{AcceptorStore, MemAcceptorStore, RecoveredState};
+pub use crate::state_machine::StateMachine;
+pub use crate::store::{AcceptorStore, MemAcceptorStore, RecoveredState, WalAcceptorStore};
+pub use crate::transport::{ChannelTransport, Transport};
 pub use crate::types::{Ballot, Command, Entry, NodeId, Slot, Value};

@@ -1,12 +1,16 @@
 //! Where an acceptor's promises and accepted values are kept: the
 //! [`AcceptorStore`] trait, and [`MemAcceptorStore`] for tests.
 
+pub mod wal;
+
 use std::collections::BTreeMap;
 
 use storage::StorageError;
 
 use crate::ready::PersistOp;
 use crate::types::{Ballot, Slot, Value};
+
+pub use self::wal::WalAcceptorStore;
 
 /// An acceptor's durable state, as read back after a restart.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
