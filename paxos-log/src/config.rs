@@ -73,13 +73,17 @@ impl Config {
         if self.election_timeout_ticks_max <= self.election_timeout_ticks_min {
             return invalid("election_timeout_ticks_max must exceed election_timeout_ticks_min");
         }
-        if self.inflight_slots_max == 0
-            || self.batch_commands_max == 0
-            || self.batch_bytes_max == 0
-            || self.pending_commands_max == 0
-            || self.message_slots_max == 0
-        {
-            return invalid("inflight, batch, pending and message bounds must be positive");
+        let bounds = [
+            ("inflight_slots_max", self.inflight_slots_max),
+            ("batch_commands_max", self.batch_commands_max as u64),
+            ("batch_bytes_max", self.batch_bytes_max as u64),
+            ("pending_commands_max", self.pending_commands_max as u64),
+            ("message_slots_max", self.message_slots_max as u64),
+        ];
+        for (name, value) in bounds {
+            if value == 0 {
+                return invalid(&format!("{name} must be positive"));
+            }
         }
         Ok(())
     }

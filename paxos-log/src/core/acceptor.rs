@@ -34,6 +34,9 @@ impl Replica {
             self.persist(PersistOp::Promise { ballot });
             if ballot > self.ballot && self.role != Role::Follower {
                 self.step_down(Some(ballot.node_id));
+            } else if ballot.node_id != self.id() {
+                // Give the candidate time to win before competing with it.
+                self.reset_election_timer();
             }
         }
         let slots = self

@@ -8,6 +8,8 @@
 //! a restart) is fetched with `CatchUp` from the leader, which answers with
 //! chosen values only.
 
+use tracing::error;
+
 use super::{Replica, SlotState};
 use crate::message::{Message, SlotValue};
 use crate::ready::PersistOp;
@@ -109,7 +111,13 @@ impl Replica {
         }
         match self.log.get(&slot) {
             Some(SlotState::Chosen { value: known }) => {
-                assert_eq!(known, &value, "slot {slot}: two different values chosen");
+                // Only a safety bug or a damaged message can get here. Tests
+                // stop on it; a release build keeps what it knows and logs,
+                // rather than letting a network message crash the replica.
+                debug_assert_eq!(known, &value, "slot {slot}: two different values chosen");
+                if known != &value {
+                    error!(slot, "a peer reported a different chosen value; ignored");
+                }
             }
             _ => {
                 // Persist before it is applied: after a restart, every slot
@@ -121,6 +129,9 @@ impl Replica {
                 self.log.insert(slot, SlotState::Chosen { value });
             }
         }
+        // A leader may learn from a peer a slot it still has in flight (a
+        // catch-up answer it asked for before it was elected): it is done.
+        self.proposals.remove(&slot);
     }
 
     /// Moves `chosen_upto` over every contiguous chosen slot.

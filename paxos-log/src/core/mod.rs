@@ -359,7 +359,11 @@ impl Replica {
 
     /// Whether [`Replica::ready`] has anything.
     pub fn has_ready(&self) -> bool {
-        !self.awaiting_advance && (!self.out.is_empty() || !self.local_after_persist.is_empty())
+        !self.awaiting_advance
+            && (!self.out.is_empty()
+                || !self.local_after_persist.is_empty()
+                || self.emitted_upto < self.chosen_upto
+                || self.can_flush_pending())
     }
 
     /// Takes what the driver must do now. Call [`Replica::advance`] once it
@@ -369,6 +373,13 @@ impl Replica {
             !self.awaiting_advance,
             "Replica::ready called twice without advance"
         );
+        // Commands are cut into slots here, not in `propose`, so that all
+        // proposed since the last `Ready` share slots (batching under any
+        // load, not only once the pipeline is full).
+        if self.can_flush_pending() {
+            self.flush_pending();
+            self.drain_local();
+        }
         self.awaiting_advance = true;
         self.local_in_flight = std::mem::take(&mut self.local_after_persist);
         let mut ready = std::mem::take(&mut self.out);
@@ -434,25 +445,34 @@ impl Replica {
         }
     }
 
-    /// Work every public call ends with: deliver messages to self, cut
-    /// queued commands into slots, start a read round if one is wanted.
+    /// Work every public call ends with: deliver messages to self, start a
+    /// read round if one is wanted, release confirmed reads.
     fn finish_call(&mut self) {
-        let id = self.id();
-        while let Some(message) = self.local.pop_front() {
-            self.handle(id, message);
-        }
+        self.drain_local();
         if self.role == Role::Leader {
-            self.flush_pending();
             if self.probe_wanted {
                 self.probe_wanted = false;
                 self.broadcast_heartbeat();
             }
             self.confirm_reads();
-            while let Some(message) = self.local.pop_front() {
-                self.handle(id, message);
-            }
+            self.drain_local();
         }
         self.check_invariants();
+    }
+
+    /// Handles the messages this replica sent itself.
+    fn drain_local(&mut self) {
+        let id = self.id();
+        while let Some(message) = self.local.pop_front() {
+            self.handle(id, message);
+        }
+    }
+
+    /// Whether queued commands can go into new slots now.
+    fn can_flush_pending(&self) -> bool {
+        self.role == Role::Leader
+            && !self.pending.is_empty()
+            && (self.proposals.len() as u64) < self.config.inflight_slots_max
     }
 
     /// Sends a message now (to self: handled before the call returns).

@@ -104,13 +104,15 @@ impl Replica {
             if slot <= self.chosen_upto {
                 continue;
             }
+            let known_chosen = matches!(self.log.get(&slot), Some(SlotState::Chosen { .. }));
             match found.remove(&slot) {
                 Some((None, value)) => self.learn_chosen(slot, value),
+                // This replica knows the slot chosen (above a gap, so not yet
+                // counted in chosen_upto) even if the quorum reported it only
+                // as accepted: nothing to propose.
+                _ if known_chosen => {}
                 Some((Some(_), value)) => reproposed.push((slot, value)),
-                None => match self.log.get(&slot) {
-                    Some(SlotState::Chosen { .. }) => {}
-                    _ => reproposed.push((slot, Value::Noop)),
-                },
+                None => reproposed.push((slot, Value::Noop)),
             }
         }
         self.advance_chosen();
@@ -217,7 +219,11 @@ impl Replica {
         if self.role != Role::Leader || ballot != self.ballot {
             return;
         }
-        self.last_heard_at.insert(from, self.now_ticks);
+        // Check-quorum counts peers; the leader's own acceptances (delivered
+        // in `advance`) say nothing about whether it can reach anyone.
+        if from != self.id() {
+            self.last_heard_at.insert(from, self.now_ticks);
+        }
         let quorum = self.quorum();
         let mut chosen_any = false;
         for slot in slots {
