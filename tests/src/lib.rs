@@ -1,4 +1,16 @@
-//! Cross-crate integration, simulation, crash and fault tests.
+//! Cross-crate integration, simulation, crash and fault tests for shardkv.
 //!
-//! Empty until the crates it exercises together exist (paxos-log onwards);
-//! the storage engine's own tests live in `storage/tests`.
+//! The library holds the test machinery that more than one integration test
+//! (under `tests/tests/`) shares; it is never linked into a shipped binary.
+//!
+//! * [`paxos_sim`]: a seeded, deterministic fault simulation of the
+//!   Multi-Paxos core of `paxos-log` (message loss, delay, reordering,
+//!   duplication, partitions, crashes that lose unsynced writes, restarts
+//!   with a lost or partly lost state machine), with agreement, validity,
+//!   gap-free delivery, durability, read-linearizability and liveness
+//!   checks. The suites live in `tests/tests/paxos_sim.rs`.
+//!
+//! The storage engine's own tests live in `storage/tests`, the Paxos core's
+//! unit and smoke tests in `paxos-log/tests`.
+
+pub mod paxos_sim;

@@ -1,0 +1,391 @@
+//! The properties every run must keep, checked from outside the core.
+//!
+//! [`Checker`] holds the global view (every value any replica ever reported
+//! chosen, every command a client proposed); each invariant is one method
+//! returning an [`InvariantError`] when it breaks. The simulator calls them
+//! after every `Ready` and every tick; the checker-proof test feeds them
+//! broken histories directly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use paxos_log::{Entry, NodeId, Slot, Value};
+
+use super::command_id;
+use super::trace::short_value;
+
+/// Which property a run broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Invariant {
+    /// Two different values chosen for one slot.
+    Agreement,
+    /// A chosen value no client proposed, or a command chosen twice.
+    Validity,
+    /// Chosen entries handed out with a gap or a repeat.
+    Contiguity,
+    /// A value once chosen lost or changed on a replica.
+    Durability,
+    /// A read that would miss a write reported chosen before it started.
+    ReadLinearizability,
+    /// No leader, or no fresh proposal chosen everywhere, after healing.
+    Liveness,
+    /// The core itself panicked (an internal assertion, or worse).
+    CorePanic,
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Invariant::Agreement => "agreement",
+            Invariant::Validity => "validity",
+            Invariant::Contiguity => "contiguity (gap-free delivery)",
+            Invariant::Durability => "durability",
+            Invariant::ReadLinearizability => "read linearizability",
+            Invariant::Liveness => "liveness",
+            Invariant::CorePanic => "core panic",
+        })
+    }
+}
+
+/// A broken invariant and what exactly broke it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvariantError {
+    /// The property.
+    pub invariant: Invariant,
+    /// Slots, values, replicas involved.
+    pub detail: String,
+}
+
+impl InvariantError {
+    /// An error for `invariant` explained by `detail`.
+    pub fn new(invariant: Invariant, detail: impl Into<String>) -> InvariantError {
+        InvariantError {
+            invariant,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for InvariantError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+/// The first report that a slot is chosen.
+#[derive(Debug, Clone)]
+struct ChosenRecord {
+    value: Value,
+    by: NodeId,
+    tick: u64,
+}
+
+/// Global knowledge of a run that the invariants are checked against.
+#[derive(Debug, Default)]
+pub struct Checker {
+    /// Every slot any replica ever reported chosen, with the first report.
+    chosen: BTreeMap<Slot, ChosenRecord>,
+    /// The slot each chosen command is in.
+    command_slot: BTreeMap<u64, Slot>,
+    /// Every command a replica took with `propose` returning `Ok`.
+    proposed: BTreeSet<u64>,
+    /// Highest slot handed out in any `Ready::chosen`.
+    max_emitted: Slot,
+}
+
+impl Checker {
+    /// A checker that has seen nothing.
+    pub fn new() -> Checker {
+        Checker::default()
+    }
+
+    /// Records that a replica took command `id` (`propose` returned `Ok`).
+    pub fn record_proposed(&mut self, id: u64) {
+        self.proposed.insert(id);
+    }
+
+    /// Highest slot any replica handed out as chosen so far: what a read
+    /// started now must see.
+    pub fn max_emitted(&self) -> Slot {
+        self.max_emitted
+    }
+
+    /// Highest slot any replica reported chosen (emitted or held).
+    pub fn max_chosen(&self) -> Slot {
+        self.chosen.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// Slots reported chosen.
+    pub fn chosen_slots(&self) -> usize {
+        self.chosen.len()
+    }
+
+    /// The value reported chosen in `slot`, if any.
+    pub fn chosen_value(&self, slot: Slot) -> Option<&Value> {
+        self.chosen.get(&slot).map(|r| &r.value)
+    }
+
+    /// Every slot reported chosen with its value, in slot order.
+    pub fn chosen_entries(&self) -> impl Iterator<Item = (Slot, &Value)> + '_ {
+        self.chosen.iter().map(|(slot, r)| (*slot, &r.value))
+    }
+
+    /// Distinct commands chosen.
+    pub fn chosen_commands(&self) -> usize {
+        self.command_slot.len()
+    }
+
+    /// The slot command `id` was chosen in, if it was.
+    pub fn command_slot(&self, id: u64) -> Option<Slot> {
+        self.command_slot.get(&id).copied()
+    }
+
+    /// Records that `node` handed out `entries` as chosen in one `Ready`
+    /// and checks them: contiguity from `emitted_upto`, then agreement and
+    /// validity of each. Returns the new emitted point.
+    pub fn on_emitted(
+        &mut self,
+        node: NodeId,
+        tick: u64,
+        emitted_upto: Slot,
+        entries: &[Entry],
+    ) -> Result<Slot, InvariantError> {
+        let upto = Self::check_contiguity(node, emitted_upto, entries)?;
+        for entry in entries {
+            self.on_chosen(node, tick, entry.slot, &entry.value)?;
+        }
+        self.max_emitted = self.max_emitted.max(upto);
+        Ok(upto)
+    }
+
+    /// Records that `node` reports `value` chosen in `slot` (handed out, or
+    /// held as chosen) and checks agreement and, the first time the slot is
+    /// reported, validity.
+    pub fn on_chosen(
+        &mut self,
+        node: NodeId,
+        tick: u64,
+        slot: Slot,
+        value: &Value,
+    ) -> Result<(), InvariantError> {
+        if self.check_agreement(node, slot, value)? {
+            return Ok(());
+        }
+        self.check_validity(slot, value)?;
+        if let Value::Commands(commands) = value {
+            for command in commands {
+                if let Some(id) = command_id(command) {
+                    self.command_slot.insert(id, slot);
+                }
+            }
+        }
+        self.chosen.insert(
+            slot,
+            ChosenRecord {
+                value: value.clone(),
+                by: node,
+                tick,
+            },
+        );
+        Ok(())
+    }
+
+    /// **Agreement**: no two replicas (nor one replica in two incarnations)
+    /// ever report different values chosen for the same slot. Returns
+    /// whether the slot was already known (with this same value).
+    pub fn check_agreement(
+        &self,
+        node: NodeId,
+        slot: Slot,
+        value: &Value,
+    ) -> Result<bool, InvariantError> {
+        match self.chosen.get(&slot) {
+            None => Ok(false),
+            Some(first) if first.value == *value => Ok(true),
+            Some(first) => Err(InvariantError::new(
+                Invariant::Agreement,
+                format!(
+                    "slot {slot}: {node} reports {} chosen, but {} reported {} chosen at tick {}",
+                    short_value(value),
+                    first.by,
+                    short_value(&first.value),
+                    first.tick
+                ),
+            )),
+        }
+    }
+
+    /// **Validity**: a value newly reported chosen is a no-op, or a
+    /// non-empty batch of distinct commands that clients proposed and that
+    /// no other slot holds (a command is chosen at most once in the log).
+    pub fn check_validity(&self, slot: Slot, value: &Value) -> Result<(), InvariantError> {
+        let Value::Commands(commands) = value else {
+            return Ok(());
+        };
+        let invalid = |why: String| {
+            Err(InvariantError::new(
+                Invariant::Validity,
+                format!("slot {slot} chosen as {}: {why}", short_value(value)),
+            ))
+        };
+        if commands.is_empty() {
+            return invalid("an empty batch".to_string());
+        }
+        let mut seen = BTreeSet::new();
+        for command in commands {
+            let Some(id) = command_id(command) else {
+                return invalid(format!("{command:?} is not a command any client sends"));
+            };
+            if !self.proposed.contains(&id) {
+                return invalid(format!("command c{id} was never proposed"));
+            }
+            if !seen.insert(id) {
+                return invalid(format!("command c{id} twice in one batch"));
+            }
+            if let Some(other) = self.command_slot.get(&id) {
+                if *other != slot {
+                    return invalid(format!("command c{id} was already chosen in slot {other}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// **Contiguity**: the entries one replica incarnation hands out in a
+    /// `Ready` continue exactly from what it handed out before (starting
+    /// from the `applied_upto` it was created with): no gap, no repeat, in
+    /// slot order. Returns the new emitted point.
+    pub fn check_contiguity(
+        node: NodeId,
+        emitted_upto: Slot,
+        entries: &[Entry],
+    ) -> Result<Slot, InvariantError> {
+        let mut upto = emitted_upto;
+        for entry in entries {
+            if entry.slot != upto + 1 {
+                let slots: Vec<Slot> = entries.iter().map(|e| e.slot).collect();
+                return Err(InvariantError::new(
+                    Invariant::Contiguity,
+                    format!(
+                        "{node} handed out slots {slots:?} after slot {emitted_upto}: \
+                         expected slot {} next",
+                        upto + 1
+                    ),
+                ));
+            }
+            upto = entry.slot;
+        }
+        Ok(upto)
+    }
+
+    /// **Durability**: a replica that claims every slot up to `chosen_upto`
+    /// is chosen (`Replica::chosen_upto`) holds, for each slot in
+    /// `(from, chosen_upto]`, a chosen value, and it is the value reported
+    /// chosen before (across crashes and restarts of every replica). Slots
+    /// no one reported yet are recorded as reported by `node`.
+    pub fn check_durability<'a>(
+        &mut self,
+        node: NodeId,
+        tick: u64,
+        from: Slot,
+        chosen_upto: Slot,
+        value_of: impl Fn(Slot) -> Option<&'a Value>,
+    ) -> Result<(), InvariantError> {
+        for slot in from + 1..=chosen_upto {
+            let Some(value) = value_of(slot) else {
+                return Err(InvariantError::new(
+                    Invariant::Durability,
+                    format!(
+                        "{node} has chosen_upto {chosen_upto} but holds no chosen value for \
+                         slot {slot} (it can neither apply nor serve it)"
+                    ),
+                ));
+            };
+            match self.check_agreement(node, slot, value) {
+                Err(mut e) => {
+                    e.invariant = Invariant::Durability;
+                    e.detail = format!("{} (held as chosen in the replica's log)", e.detail);
+                    return Err(e);
+                }
+                Ok(true) => {}
+                Ok(false) => self.on_chosen(node, tick, slot, value)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// **Durability at the end**: once the faults stopped and the cluster
+    /// recovered, every slot ever reported chosen up to `upto` is held, with
+    /// the same value, by the replica `node` whose values `value_of` gives.
+    pub fn check_nothing_lost<'a>(
+        &self,
+        node: NodeId,
+        upto: Slot,
+        value_of: impl Fn(Slot) -> Option<&'a Value>,
+    ) -> Result<(), InvariantError> {
+        for (slot, record) in self.chosen.range(..=upto) {
+            match value_of(*slot) {
+                Some(value) if *value == record.value => {}
+                other => {
+                    return Err(InvariantError::new(
+                        Invariant::Durability,
+                        format!(
+                            "slot {slot} was reported chosen as {} by {} at tick {}, but after \
+                             recovery {node} holds {}",
+                            short_value(&record.value),
+                            record.by,
+                            record.tick,
+                            other.map_or("nothing".to_string(), short_value)
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// **Read linearizability**: a read handed out by `node` at `slot` was
+    /// started (`read_index`) when slot `required` was the highest handed
+    /// out as chosen anywhere; serving it at a lower slot could miss a
+    /// write a client already saw succeed.
+    pub fn check_read(
+        node: NodeId,
+        read_id: u64,
+        required: Slot,
+        slot: Slot,
+    ) -> Result<(), InvariantError> {
+        if slot >= required {
+            return Ok(());
+        }
+        Err(InvariantError::new(
+            Invariant::ReadLinearizability,
+            format!(
+                "{node} released read r{read_id} at slot {slot}, but slot {required} had \
+                 been handed out as chosen before the read started"
+            ),
+        ))
+    }
+
+    /// **Liveness**: `ticks_since_heal` ticks after the faults stopped, the
+    /// cluster must have elected a leader and chosen a fresh proposal on
+    /// every replica (`recovered`); `state` describes the replicas for the
+    /// report.
+    pub fn check_liveness(
+        recovered: bool,
+        ticks_since_heal: u64,
+        bound: u64,
+        state: impl FnOnce() -> String,
+    ) -> Result<(), InvariantError> {
+        if recovered || ticks_since_heal < bound {
+            return Ok(());
+        }
+        Err(InvariantError::new(
+            Invariant::Liveness,
+            format!(
+                "{ticks_since_heal} ticks after the faults stopped, no fresh proposal is \
+                 chosen and applied on every replica; {}",
+                state()
+            ),
+        ))
+    }
+}

@@ -1,0 +1,342 @@
+//! What a simulation run does to the cluster: the fault rates, the client
+//! load and the core's settings, plus the named scenarios of the suites.
+
+use paxos_log::NodeId;
+
+/// A deliberate fault the real system never has, used only to prove that
+/// the checkers catch a broken log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Corruption {
+    /// The network rewrites the value of every slot of every `Accept` it
+    /// delivers to a replica other than `spare` into a command no client
+    /// proposed, so followers accept values their leader never sent (the
+    /// leader's own acceptance never crosses the network and stays right).
+    ForgeAcceptValues {
+        /// A replica whose incoming `Accept`s stay untouched (`NodeId(0)`
+        /// for none).
+        spare: NodeId,
+    },
+}
+
+/// The fault rates, client load and core settings of one simulation run.
+///
+/// Probabilities are per tick unless said otherwise. Every fault stops after
+/// `fault_ticks`: the network heals, every replica restarts, and from then
+/// on the cluster must elect a leader and choose a fresh proposal on every
+/// replica within `liveness_ticks`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Name, used in reports and to vary schedules between scenarios.
+    pub name: &'static str,
+    /// Number of replicas (3 or 5).
+    pub replicas: u64,
+    /// Ticks during which faults are injected.
+    pub fault_ticks: u64,
+    /// Bound, in ticks after the faults stop, for the liveness check.
+    pub liveness_ticks: u64,
+
+    // --- network ---
+    /// Per message: lost.
+    pub drop_rate: f64,
+    /// Per message: delivered twice (each copy with its own delay).
+    pub duplicate_rate: f64,
+    /// Each message takes `[0, delay_max_ticks]` ticks; messages of the
+    /// same tick arrive in random order.
+    pub delay_max_ticks: u64,
+    /// Per message: held back for up to `reorder_delay_max_ticks` more, so
+    /// that later messages overtake it (stale messages from old ballots).
+    pub reorder_rate: f64,
+    /// See `reorder_rate`.
+    pub reorder_delay_max_ticks: u64,
+    /// Per tick while the network is whole: split it.
+    pub partition_rate: f64,
+    /// Of the partitions: the share that is one-way (one side's messages
+    /// get through, the other side's do not).
+    pub one_way_fraction: f64,
+    /// Of the partitions: the share that cuts only the link between two
+    /// replicas, both ways (the others still reach both: a bridge, the
+    /// classic way to get two replicas that each think they can lead).
+    pub link_cut_fraction: f64,
+    /// Per tick while the network is split: heal it.
+    pub heal_rate: f64,
+
+    // --- disk, crashes, restarts ---
+    /// A `Ready`'s persist completes `[0, disk_delay_max_ticks]` ticks after
+    /// it is taken; messages keep arriving meanwhile.
+    pub disk_delay_max_ticks: u64,
+    /// Per tick: crash one random running replica.
+    pub crash_rate: f64,
+    /// Per `Ready` taken: crash while carrying it out, at a random point
+    /// (before sending, after sending, in the middle of the persist batch,
+    /// after the persist, after the persisted messages, in the middle of
+    /// applying, before `advance`).
+    pub crash_in_ready_rate: f64,
+    /// Per `Ready` that persists a promise (an election is under way):
+    /// crash while carrying it out, at a random point. Aims crashes at the
+    /// window where a lost promise could matter most.
+    pub crash_in_election_rate: f64,
+    /// Per tick: crash every running replica at once.
+    pub crash_all_rate: f64,
+    /// A crashed replica restarts after `[1, down_ticks_max]` ticks.
+    pub down_ticks_max: u64,
+    /// Of the crashes: the share that restarts within `[1, 5]` ticks, before
+    /// the other replicas notice (so a replica that lost an unsynced
+    /// promise is back while the ballots it forgot are still in play).
+    pub quick_restart_fraction: f64,
+    /// Per restart: the state machine was lost entirely (`applied_upto` 0).
+    pub state_machine_lost_rate: f64,
+    /// Per restart (when not lost): the state machine kept only a random
+    /// prefix of what it applied (it is flushed lazily).
+    pub state_machine_partial_rate: f64,
+
+    // --- clients ---
+    /// Per tick while the faults last: a client sends a burst of new
+    /// commands (afterwards only the liveness check proposes).
+    pub propose_rate: f64,
+    /// Commands per burst: `[1, propose_burst_max]`.
+    pub propose_burst_max: u64,
+    /// Per client call: it goes to a random replica instead of one that
+    /// believes it leads (it is then usually refused).
+    pub misdirect_rate: f64,
+    /// Per tick: a client starts a linearizable read (`read_index`).
+    pub read_rate: f64,
+
+    // --- core settings ---
+    /// `Config::election_timeout_ticks_min`.
+    pub election_timeout_ticks_min: u32,
+    /// `Config::election_timeout_ticks_max`.
+    pub election_timeout_ticks_max: u32,
+    /// `Config::heartbeat_interval_ticks`.
+    pub heartbeat_interval_ticks: u32,
+    /// `Config::batch_commands_max`.
+    pub batch_commands_max: usize,
+    /// `Config::inflight_slots_max`.
+    pub inflight_slots_max: u64,
+    /// `Config::message_slots_max`.
+    pub message_slots_max: usize,
+    /// `Config::pending_commands_max`.
+    pub pending_commands_max: usize,
+    /// Each run draws the core settings above (heartbeat interval,
+    /// election timeouts, batch, pipeline and message bounds) from wide
+    /// ranges instead, so that the seeds of one suite also cover many
+    /// timing relations; the report shows the values drawn.
+    pub vary_core_settings: bool,
+
+    /// Test-only sabotage proving the checkers work; `None` in every suite.
+    pub corruption: Option<Corruption>,
+}
+
+impl Scenario {
+    /// A cluster of `replicas` with no fault at all and moderate client
+    /// load: the base every named scenario changes.
+    pub fn quiet(name: &'static str, replicas: u64) -> Scenario {
+        Scenario {
+            name,
+            replicas,
+            fault_ticks: 500,
+            liveness_ticks: 1_000,
+            drop_rate: 0.0,
+            duplicate_rate: 0.0,
+            delay_max_ticks: 2,
+            reorder_rate: 0.0,
+            reorder_delay_max_ticks: 0,
+            partition_rate: 0.0,
+            one_way_fraction: 0.0,
+            link_cut_fraction: 0.0,
+            heal_rate: 0.0,
+            disk_delay_max_ticks: 1,
+            crash_rate: 0.0,
+            crash_in_ready_rate: 0.0,
+            crash_in_election_rate: 0.0,
+            crash_all_rate: 0.0,
+            down_ticks_max: 30,
+            quick_restart_fraction: 0.0,
+            state_machine_lost_rate: 0.0,
+            state_machine_partial_rate: 0.0,
+            propose_rate: 0.3,
+            propose_burst_max: 4,
+            misdirect_rate: 0.1,
+            read_rate: 0.05,
+            election_timeout_ticks_min: 10,
+            election_timeout_ticks_max: 20,
+            heartbeat_interval_ticks: 2,
+            batch_commands_max: 4,
+            inflight_slots_max: 8,
+            message_slots_max: 8,
+            pending_commands_max: 64,
+            vary_core_settings: false,
+            corruption: None,
+        }
+    }
+
+    /// Three replicas on a network that loses, duplicates, delays and
+    /// reorders messages; no partitions, no crashes.
+    pub fn lossy_network() -> Scenario {
+        Scenario {
+            drop_rate: 0.2,
+            duplicate_rate: 0.1,
+            delay_max_ticks: 4,
+            reorder_rate: 0.1,
+            reorder_delay_max_ticks: 25,
+            ..Scenario::quiet("lossy_network", 3)
+        }
+    }
+
+    /// Three replicas; the network splits (both ways, or one way) and heals
+    /// again, with a little loss.
+    pub fn partitions_and_heal() -> Scenario {
+        Scenario {
+            drop_rate: 0.02,
+            delay_max_ticks: 3,
+            reorder_rate: 0.02,
+            reorder_delay_max_ticks: 20,
+            partition_rate: 0.04,
+            one_way_fraction: 0.4,
+            link_cut_fraction: 0.3,
+            heal_rate: 0.04,
+            ..Scenario::quiet("partitions_and_heal", 3)
+        }
+    }
+
+    /// Three replicas crash often, many of them in the middle of carrying
+    /// out a `Ready` (so unsynced promises and acceptances are lost), and
+    /// restart with a durable, lost or partly lost state machine.
+    pub fn crashes_lose_unsynced() -> Scenario {
+        Scenario {
+            drop_rate: 0.02,
+            delay_max_ticks: 3,
+            disk_delay_max_ticks: 3,
+            crash_rate: 0.015,
+            crash_in_ready_rate: 0.01,
+            crash_in_election_rate: 0.05,
+            down_ticks_max: 40,
+            quick_restart_fraction: 0.3,
+            state_machine_lost_rate: 0.25,
+            state_machine_partial_rate: 0.35,
+            ..Scenario::quiet("crashes_lose_unsynced", 3)
+        }
+    }
+
+    /// Three replicas that all crash at once, repeatedly, while messages
+    /// are in flight; some crash alone or in the middle of a `Ready`.
+    pub fn crash_everyone() -> Scenario {
+        Scenario {
+            drop_rate: 0.02,
+            delay_max_ticks: 3,
+            reorder_rate: 0.02,
+            reorder_delay_max_ticks: 20,
+            disk_delay_max_ticks: 2,
+            crash_rate: 0.005,
+            crash_in_ready_rate: 0.003,
+            crash_all_rate: 0.012,
+            down_ticks_max: 25,
+            quick_restart_fraction: 0.2,
+            state_machine_lost_rate: 0.2,
+            state_machine_partial_rate: 0.3,
+            ..Scenario::quiet("crash_everyone", 3)
+        }
+    }
+
+    /// Five replicas and every fault together.
+    pub fn five_replicas_mixed_faults() -> Scenario {
+        Scenario {
+            drop_rate: 0.08,
+            duplicate_rate: 0.05,
+            delay_max_ticks: 4,
+            reorder_rate: 0.05,
+            reorder_delay_max_ticks: 25,
+            partition_rate: 0.02,
+            one_way_fraction: 0.4,
+            link_cut_fraction: 0.3,
+            heal_rate: 0.04,
+            disk_delay_max_ticks: 2,
+            crash_rate: 0.01,
+            crash_in_ready_rate: 0.002,
+            crash_in_election_rate: 0.05,
+            crash_all_rate: 0.002,
+            down_ticks_max: 40,
+            quick_restart_fraction: 0.3,
+            state_machine_lost_rate: 0.2,
+            state_machine_partial_rate: 0.3,
+            vary_core_settings: true,
+            ..Scenario::quiet("five_replicas_mixed_faults", 5)
+        }
+    }
+
+    /// Three replicas where single links are cut (one replica bridges the
+    /// two ends, which both try to lead), elections are interrupted by
+    /// crashes that lose unsynced promises, and crashed replicas come back
+    /// at once.
+    pub fn elections_across_bridges() -> Scenario {
+        Scenario {
+            drop_rate: 0.02,
+            delay_max_ticks: 3,
+            partition_rate: 0.05,
+            link_cut_fraction: 0.8,
+            one_way_fraction: 0.5,
+            heal_rate: 0.03,
+            disk_delay_max_ticks: 3,
+            crash_rate: 0.003,
+            crash_in_ready_rate: 0.002,
+            crash_in_election_rate: 0.3,
+            down_ticks_max: 20,
+            quick_restart_fraction: 0.7,
+            state_machine_lost_rate: 0.2,
+            state_machine_partial_rate: 0.3,
+            read_rate: 0.3,
+            ..Scenario::quiet("elections_across_bridges", 3)
+        }
+    }
+
+    /// Three replicas under many linearizable reads, with loss, partitions
+    /// (so stale leaders exist) and crashes.
+    pub fn reads_under_faults() -> Scenario {
+        Scenario {
+            drop_rate: 0.05,
+            duplicate_rate: 0.03,
+            delay_max_ticks: 4,
+            reorder_rate: 0.05,
+            reorder_delay_max_ticks: 20,
+            partition_rate: 0.03,
+            one_way_fraction: 0.5,
+            link_cut_fraction: 0.4,
+            heal_rate: 0.05,
+            disk_delay_max_ticks: 2,
+            crash_rate: 0.006,
+            crash_in_ready_rate: 0.002,
+            down_ticks_max: 30,
+            state_machine_lost_rate: 0.2,
+            state_machine_partial_rate: 0.3,
+            read_rate: 0.5,
+            misdirect_rate: 0.2,
+            ..Scenario::quiet("reads_under_faults", 3)
+        }
+    }
+
+    /// Every fault at once on three replicas: the long soak's mixture.
+    pub fn mixed_faults() -> Scenario {
+        Scenario {
+            drop_rate: 0.08,
+            duplicate_rate: 0.05,
+            delay_max_ticks: 4,
+            reorder_rate: 0.05,
+            reorder_delay_max_ticks: 25,
+            partition_rate: 0.02,
+            one_way_fraction: 0.4,
+            link_cut_fraction: 0.3,
+            heal_rate: 0.04,
+            disk_delay_max_ticks: 2,
+            crash_rate: 0.01,
+            crash_in_ready_rate: 0.003,
+            crash_in_election_rate: 0.05,
+            crash_all_rate: 0.003,
+            down_ticks_max: 40,
+            quick_restart_fraction: 0.3,
+            state_machine_lost_rate: 0.2,
+            state_machine_partial_rate: 0.3,
+            read_rate: 0.2,
+            vary_core_settings: true,
+            ..Scenario::quiet("mixed_faults", 3)
+        }
+    }
+}

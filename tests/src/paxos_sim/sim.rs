@@ -1,0 +1,1328 @@
+//! The driver: replicas, their stores and state machines, the clients and
+//! the fault schedule, stepped tick by tick.
+//!
+//! Each replica is driven exactly as the core's module docs prescribe:
+//! inputs (`tick`, `propose`, `read_index`, `step`), then `ready`; the
+//! `Ready`'s messages are sent at once, its persist completes some ticks
+//! later (inputs keep arriving meanwhile), then the persisted messages are
+//! sent, the chosen entries applied, the reads released, and `advance`
+//! called. A crash can hit anywhere in that sequence.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+
+use paxos_log::{
+    AcceptorStore, Ballot, Config, Entry, Envelope, MemAcceptorStore, Message, NodeId, PersistOp,
+    ProposeError, ReadReady, Replica, Role, Slot, Value,
+};
+
+use super::invariants::{Checker, Invariant, InvariantError};
+use super::network::{Event, EventQueue, Links};
+use super::rng::{hash_name, mix, SimRng};
+use super::scenario::{Corruption, Scenario};
+use super::trace::{short_value, MsgSummary, Trace, TraceEvent};
+use super::{command, FORGED_COMMAND};
+
+/// Events kept for a violation report unless `SIM_TRACE_LEN` says more.
+pub const DEFAULT_TRACE_LEN: usize = 50;
+
+/// How often (in ticks) the liveness check re-proposes a fresh command
+/// while none is chosen yet (the previous one may have been dropped by a
+/// leader that stepped down).
+const FRESH_RETRY_TICKS: u64 = 20;
+
+/// What one run did: progress made and faults injected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Ticks simulated (faults and recovery).
+    pub ticks: u64,
+    /// Ticks from the end of the faults until the cluster had recovered.
+    pub heal_ticks: u64,
+    /// Commands a leader took (`propose` returned `Ok`).
+    pub commands_proposed: u64,
+    /// Client calls refused (`NotLeader` or `Busy`).
+    pub commands_refused: u64,
+    /// Distinct commands chosen.
+    pub commands_chosen: u64,
+    /// Slots chosen.
+    pub slots_chosen: u64,
+    /// Of those, no-ops.
+    pub noops_chosen: u64,
+    /// Distinct ballots some replica led with (leader elections won).
+    pub leaders: u64,
+    /// Messages the replicas sent.
+    pub messages_sent: u64,
+    /// Messages delivered to a running replica.
+    pub messages_delivered: u64,
+    /// Messages lost by the network.
+    pub dropped: u64,
+    /// Messages lost to a partition.
+    pub dropped_by_partition: u64,
+    /// Messages that arrived at a crashed replica.
+    pub dropped_at_down_node: u64,
+    /// Messages delivered twice.
+    pub duplicated: u64,
+    /// Messages held back so later ones overtake them.
+    pub reordered: u64,
+    /// Partitions (both ways).
+    pub partitions: u64,
+    /// One-way partitions.
+    pub one_way_partitions: u64,
+    /// Single links cut both ways (bridges).
+    pub link_cuts: u64,
+    /// Replicas crashed at a random tick (persist in flight lost).
+    pub crashes: u64,
+    /// Replicas crashed while carrying out a `Ready`.
+    pub crashes_in_ready: u64,
+    /// Times every replica crashed at once.
+    pub crash_all: u64,
+    /// Restarts.
+    pub restarts: u64,
+    /// Restarts whose state machine was lost (`applied_upto` 0).
+    pub state_machine_lost: u64,
+    /// Restarts whose state machine kept only part of what it applied.
+    pub state_machine_partial: u64,
+    /// Persist batches made durable (fsyncs).
+    pub persists: u64,
+    /// Reads started (`read_index` returned `Ok`).
+    pub reads_started: u64,
+    /// Reads released by a leader (`Ready::reads`).
+    pub reads_released: u64,
+    /// Reads served (released and applied up to their slot).
+    pub reads_served: u64,
+    /// `Accept`s the test-only corruption rewrote.
+    pub forged: u64,
+}
+
+impl RunStats {
+    /// Every fault injected: losses, duplicates, reorderings, partitions,
+    /// crashes.
+    pub fn faults(&self) -> u64 {
+        self.dropped
+            + self.duplicated
+            + self.reordered
+            + self.partitions
+            + self.one_way_partitions
+            + self.link_cuts
+            + self.crashes
+            + self.crashes_in_ready
+            + self.crash_all
+    }
+
+    /// Adds `other` to these totals (`heal_ticks` keeps the maximum).
+    pub fn add(&mut self, other: &RunStats) {
+        self.ticks += other.ticks;
+        self.heal_ticks = self.heal_ticks.max(other.heal_ticks);
+        self.commands_proposed += other.commands_proposed;
+        self.commands_refused += other.commands_refused;
+        self.commands_chosen += other.commands_chosen;
+        self.slots_chosen += other.slots_chosen;
+        self.noops_chosen += other.noops_chosen;
+        self.leaders += other.leaders;
+        self.messages_sent += other.messages_sent;
+        self.messages_delivered += other.messages_delivered;
+        self.dropped += other.dropped;
+        self.dropped_by_partition += other.dropped_by_partition;
+        self.dropped_at_down_node += other.dropped_at_down_node;
+        self.duplicated += other.duplicated;
+        self.reordered += other.reordered;
+        self.partitions += other.partitions;
+        self.one_way_partitions += other.one_way_partitions;
+        self.link_cuts += other.link_cuts;
+        self.crashes += other.crashes;
+        self.crashes_in_ready += other.crashes_in_ready;
+        self.crash_all += other.crash_all;
+        self.restarts += other.restarts;
+        self.state_machine_lost += other.state_machine_lost;
+        self.state_machine_partial += other.state_machine_partial;
+        self.persists += other.persists;
+        self.reads_started += other.reads_started;
+        self.reads_released += other.reads_released;
+        self.reads_served += other.reads_served;
+        self.forged += other.forged;
+    }
+}
+
+impl fmt::Display for RunStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ticks; commands: {} proposed, {} refused, {} chosen in {} slots ({} no-ops); \
+             {} leader elections; messages: {} sent, {} delivered; faults: {} total \
+             ({} lost, {} lost to partitions, {} to down nodes, {} duplicated, {} reordered, \
+             {} partitions, {} one-way, {} link cuts, {} crashes at random ticks, {} inside a Ready, \
+             {} crash-all, {} restarts of which {} lost and {} partly lost the state machine); \
+             {} fsyncs; reads: {} started, {} released, {} served; \
+             max ticks to recover after the faults: {}",
+            self.ticks,
+            self.commands_proposed,
+            self.commands_refused,
+            self.commands_chosen,
+            self.slots_chosen,
+            self.noops_chosen,
+            self.leaders,
+            self.messages_sent,
+            self.messages_delivered,
+            self.faults(),
+            self.dropped,
+            self.dropped_by_partition,
+            self.dropped_at_down_node,
+            self.duplicated,
+            self.reordered,
+            self.partitions,
+            self.one_way_partitions,
+            self.link_cuts,
+            self.crashes,
+            self.crashes_in_ready,
+            self.crash_all,
+            self.restarts,
+            self.state_machine_lost,
+            self.state_machine_partial,
+            self.persists,
+            self.reads_started,
+            self.reads_released,
+            self.reads_served,
+            self.heal_ticks,
+        )
+    }
+}
+
+/// A broken invariant with everything needed to understand and replay it.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    /// The seed of the run (what `SIM_SEED` takes).
+    pub seed: u64,
+    /// The scenario the run used.
+    pub scenario: Scenario,
+    /// The tick it was detected at.
+    pub tick: u64,
+    /// What broke.
+    pub error: InvariantError,
+    /// The last events before it, oldest first.
+    pub trace: Vec<String>,
+    /// Every replica's state when it was detected.
+    pub state: String,
+}
+
+impl Violation {
+    /// The command that replays this run alone, for suite test `test_name`.
+    pub fn replay_command(&self, test_name: &str) -> String {
+        format!(
+            "SIM_SEED={} cargo test -p tests --test paxos_sim -- --exact {test_name} --nocapture",
+            self.seed
+        )
+    }
+
+    /// The full report: seed, scenario, invariant, trace, replay command.
+    pub fn report(&self, test_name: &str) -> String {
+        let mut out = format!(
+            "paxos simulation: invariant violated\n  invariant: {}\n  detail:    {}\n  \
+             seed:      {}\n  scenario:  {} (tick {})\n  replay:    {}\n  \
+             (SIM_TRACE_LEN=<n> keeps more events)\n\n{:?}\n\nreplicas:\n{}\nlast {} events:\n",
+            self.error.invariant,
+            self.error.detail,
+            self.seed,
+            self.scenario.name,
+            self.tick,
+            self.replay_command(test_name),
+            self.scenario,
+            self.state,
+            self.trace.len(),
+        );
+        for line in &self.trace {
+            out.push_str("  ");
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push_str(&format!("\nreplay: {}\n", self.replay_command(test_name)));
+        out
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {} of {}: {}",
+            self.seed, self.scenario.name, self.error
+        )
+    }
+}
+
+/// Runs `scenario` with `seed` and checks every invariant throughout.
+pub fn run(scenario: &Scenario, seed: u64) -> Result<RunStats, Box<Violation>> {
+    run_traced(scenario, seed, DEFAULT_TRACE_LEN)
+}
+
+/// [`run`], keeping the last `trace_len` events for the report.
+pub fn run_traced(
+    scenario: &Scenario,
+    seed: u64,
+    trace_len: usize,
+) -> Result<RunStats, Box<Violation>> {
+    let mut sim = Sim::new(scenario.clone(), seed, trace_len);
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| sim.run_to_end()));
+    let error = match outcome {
+        Ok(Ok(())) => return Ok(sim.final_stats()),
+        Ok(Err(error)) => error,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "(non-string panic payload)".to_string());
+            InvariantError::new(
+                Invariant::CorePanic,
+                format!("panic while stepping the cluster: {message}"),
+            )
+        }
+    };
+    Err(Box::new(Violation {
+        seed,
+        scenario: sim.scenario.clone(),
+        tick: sim.now,
+        error,
+        trace: sim.trace.lines(),
+        state: sim.describe(),
+    }))
+}
+
+/// Replaces the core settings of `scenario` with values drawn from wide
+/// ranges (election timeouts stay well above a message round trip with a
+/// disk write, or no leader could ever win).
+fn draw_core_settings(scenario: &mut Scenario, rng: &mut SimRng) {
+    let small = |rng: &mut SimRng, low: u64, high: u64| {
+        u32::try_from(rng.between(low, high)).expect("small setting")
+    };
+    let bound = |rng: &mut SimRng, low: u64, high: u64| {
+        usize::try_from(rng.between(low, high)).expect("small setting")
+    };
+    let heartbeat = small(rng, 1, 4);
+    let round_trip = scenario.delay_max_ticks * 2 + scenario.disk_delay_max_ticks;
+    let floor = u64::from(heartbeat * 2 + 1).max(round_trip + 1);
+    scenario.heartbeat_interval_ticks = heartbeat;
+    scenario.election_timeout_ticks_min = small(rng, floor, floor + 10);
+    scenario.election_timeout_ticks_max = scenario.election_timeout_ticks_min + small(rng, 3, 15);
+    // At least two commands per slot and two slots in flight, so that the
+    // backlog clients queue during the faults drains well within the
+    // liveness bound.
+    scenario.batch_commands_max = bound(rng, 2, 8);
+    scenario.inflight_slots_max = rng.between(2, 16);
+    // Catch-up moves `message_slots_max` slots per round trip: below ~8, a
+    // replica that lost its state machine needs thousands of ticks to
+    // replay a long log, beyond any sensible liveness bound.
+    scenario.message_slots_max = bound(rng, 8, 32);
+    scenario.pending_commands_max = bound(rng, 4, 128);
+}
+
+/// Where in carrying out a `Ready` a replica crashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrashPoint {
+    /// Right after `ready()`: nothing sent, nothing persisted.
+    BeforeSend,
+    /// `messages` sent, nothing persisted.
+    AfterSend,
+    /// A strict prefix of `persist` made durable.
+    MidPersist,
+    /// `persist` durable, `persisted_messages` not sent.
+    AfterPersist,
+    /// `persisted_messages` sent, nothing applied.
+    AfterPersistedSend,
+    /// Part of `chosen` applied.
+    MidApply,
+    /// Everything done but `advance`.
+    BeforeAdvance,
+}
+
+const CRASH_POINTS: [CrashPoint; 7] = [
+    CrashPoint::BeforeSend,
+    CrashPoint::AfterSend,
+    CrashPoint::MidPersist,
+    CrashPoint::AfterPersist,
+    CrashPoint::AfterPersistedSend,
+    CrashPoint::MidApply,
+    CrashPoint::BeforeAdvance,
+];
+
+impl CrashPoint {
+    fn describe(self) -> &'static str {
+        match self {
+            CrashPoint::BeforeSend => "after ready(), before sending",
+            CrashPoint::AfterSend => "after sending, before persisting",
+            CrashPoint::MidPersist => "in the middle of the persist batch",
+            CrashPoint::AfterPersist => "after persisting, before sending persisted messages",
+            CrashPoint::AfterPersistedSend => "after sending persisted messages, before applying",
+            CrashPoint::MidApply => "in the middle of applying",
+            CrashPoint::BeforeAdvance => "before advance()",
+        }
+    }
+}
+
+/// A `Ready` taken whose persist has not completed yet.
+#[derive(Debug)]
+struct InFlight {
+    persist: Vec<PersistOp>,
+    persisted_messages: Vec<Envelope>,
+    chosen: Vec<Entry>,
+    reads: Vec<ReadReady>,
+    crash: Option<CrashPoint>,
+}
+
+/// One simulated machine: the replica (when running), its durable acceptor
+/// store and its state machine.
+#[derive(Debug)]
+struct Node {
+    replica: Option<Replica>,
+    /// Bumped at every crash; stale disk completions are ignored.
+    incarnation: u64,
+    store: MemAcceptorStore,
+    /// The state machine has applied every slot up to here.
+    applied_upto: Slot,
+    in_flight: Option<InFlight>,
+    /// When down: the tick to restart at.
+    down_until: u64,
+    /// Released reads waiting for the state machine to reach their slot.
+    waiting_reads: Vec<ReadReady>,
+    /// This incarnation handed out chosen entries up to here.
+    emitted_upto: Slot,
+    /// The durability check covered this incarnation's log up to here.
+    checked_upto: Slot,
+    last_role: Option<(Role, Ballot)>,
+}
+
+/// A read started and not yet released.
+#[derive(Debug, Clone, Copy)]
+struct StartedRead {
+    node: NodeId,
+    incarnation: u64,
+    /// Highest slot handed out as chosen anywhere when it started.
+    required: Slot,
+}
+
+/// The recovery phase after the faults stop.
+#[derive(Debug)]
+struct Heal {
+    started: u64,
+    /// Highest slot reported chosen when the faults stopped: every replica
+    /// must apply at least this far.
+    target: Slot,
+    /// Fresh commands proposed since.
+    fresh: Vec<u64>,
+    last_fresh_at: Option<u64>,
+    /// Where the first fresh command was chosen.
+    fresh_slot: Option<Slot>,
+}
+
+/// The whole simulated cluster.
+struct Sim {
+    scenario: Scenario,
+    now: u64,
+    members: Vec<NodeId>,
+    nodes: BTreeMap<NodeId, Node>,
+    config_seed: u64,
+    net_rng: SimRng,
+    fault_rng: SimRng,
+    client_rng: SimRng,
+    disk_rng: SimRng,
+    queue: EventQueue,
+    links: Links,
+    faults_active: bool,
+    checker: Checker,
+    trace: Trace,
+    stats: RunStats,
+    next_command: u64,
+    next_read: u64,
+    reads: BTreeMap<u64, StartedRead>,
+    leader_ballots: BTreeSet<Ballot>,
+    heal: Option<Heal>,
+}
+
+type Step = Result<(), InvariantError>;
+
+impl Sim {
+    fn new(mut scenario: Scenario, seed: u64, trace_len: usize) -> Sim {
+        let mut root = SimRng::new(mix(seed ^ hash_name(scenario.name)));
+        if scenario.vary_core_settings {
+            draw_core_settings(&mut scenario, &mut root.fork());
+        }
+        let members: Vec<NodeId> = (1..=scenario.replicas).map(NodeId).collect();
+        let nodes = members
+            .iter()
+            .map(|&id| {
+                (
+                    id,
+                    Node {
+                        replica: None,
+                        incarnation: 0,
+                        store: MemAcceptorStore::new(),
+                        applied_upto: 0,
+                        in_flight: None,
+                        down_until: 0,
+                        waiting_reads: Vec::new(),
+                        emitted_upto: 0,
+                        checked_upto: 0,
+                        last_role: None,
+                    },
+                )
+            })
+            .collect();
+        Sim {
+            now: 0,
+            members,
+            nodes,
+            config_seed: root.next_u64(),
+            net_rng: root.fork(),
+            fault_rng: root.fork(),
+            client_rng: root.fork(),
+            disk_rng: root.fork(),
+            queue: EventQueue::default(),
+            links: Links::default(),
+            faults_active: true,
+            checker: Checker::new(),
+            trace: Trace::new(trace_len),
+            stats: RunStats::default(),
+            next_command: 1,
+            next_read: 1,
+            reads: BTreeMap::new(),
+            leader_ballots: BTreeSet::new(),
+            heal: None,
+            scenario,
+        }
+    }
+
+    /// Faults for `fault_ticks`, then recovery until the liveness check
+    /// passes (or fails), then the final durability check.
+    fn run_to_end(&mut self) -> Step {
+        for id in self.members.clone() {
+            self.start_replica(id)?;
+        }
+        self.trace.push(0, TraceEvent::Phase("faults start"));
+        for _ in 0..self.scenario.fault_ticks {
+            self.tick()?;
+        }
+        self.begin_heal()?;
+        loop {
+            self.tick()?;
+            if self.liveness_step()? {
+                break;
+            }
+        }
+        self.final_checks()
+    }
+
+    fn final_stats(&self) -> RunStats {
+        let mut stats = self.stats.clone();
+        stats.ticks = self.now;
+        stats.heal_ticks = self.heal.as_ref().map_or(0, |h| self.now - h.started);
+        stats.commands_chosen = self.checker.chosen_commands() as u64;
+        stats.slots_chosen = self.checker.chosen_slots() as u64;
+        stats.noops_chosen = self
+            .checker
+            .chosen_entries()
+            .filter(|(_, v)| **v == Value::Noop)
+            .count() as u64;
+        stats.leaders = self.leader_ballots.len() as u64;
+        stats
+    }
+
+    // ----- one tick -----
+
+    fn tick(&mut self) -> Step {
+        self.now += 1;
+        if self.faults_active {
+            self.inject_faults();
+        }
+        for id in self.members.clone() {
+            let node = &self.nodes[&id];
+            if node.replica.is_none() && node.down_until <= self.now {
+                self.restart(id)?;
+            }
+        }
+        self.client_calls()?;
+        // Tick the replicas starting from a random one.
+        let start = self.fault_rng.index(self.members.len());
+        let order: Vec<NodeId> = self.members[start..]
+            .iter()
+            .chain(&self.members[..start])
+            .copied()
+            .collect();
+        for id in order {
+            if let Some(replica) = self.replica(id) {
+                replica.tick();
+                self.observe(id);
+                self.pump(id)?;
+            }
+        }
+        while let Some(event) = self.queue.pop_due(self.now) {
+            match event {
+                Event::Deliver(envelope) => self.deliver(envelope)?,
+                Event::DiskDone { node, incarnation } => self.disk_done(node, incarnation)?,
+            }
+        }
+        self.check_logs()
+    }
+
+    fn replica(&mut self, id: NodeId) -> Option<&mut Replica> {
+        self.nodes.get_mut(&id)?.replica.as_mut()
+    }
+
+    fn inject_faults(&mut self) {
+        let scenario = &self.scenario;
+        if self.links.is_split() {
+            if self.fault_rng.chance(scenario.heal_rate) {
+                self.links.heal();
+                self.trace
+                    .push(self.now, TraceEvent::Network("healed".to_string()));
+            }
+        } else if self.fault_rng.chance(scenario.partition_rate) {
+            let description = if self.fault_rng.chance(scenario.link_cut_fraction) {
+                self.stats.link_cuts += 1;
+                self.links.cut_link(&self.members, &mut self.fault_rng)
+            } else if self.fault_rng.chance(scenario.one_way_fraction) {
+                self.stats.one_way_partitions += 1;
+                self.links.split(&self.members, true, &mut self.fault_rng)
+            } else {
+                self.stats.partitions += 1;
+                self.links.split(&self.members, false, &mut self.fault_rng)
+            };
+            self.trace.push(self.now, TraceEvent::Network(description));
+        }
+        let up: Vec<NodeId> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|id| self.nodes[id].replica.is_some())
+            .collect();
+        if up.is_empty() {
+            return;
+        }
+        if self.fault_rng.chance(self.scenario.crash_all_rate) {
+            self.stats.crash_all += 1;
+            for id in up {
+                self.crash(id, "crash of every replica at once");
+            }
+        } else if self.fault_rng.chance(self.scenario.crash_rate) {
+            let id = up[self.fault_rng.index(up.len())];
+            self.stats.crashes += 1;
+            self.crash(id, "at a random tick");
+        }
+    }
+
+    // ----- replicas: start, crash, restart -----
+
+    fn start_replica(&mut self, id: NodeId) -> Step {
+        let scenario = &self.scenario;
+        let node = self.nodes.get_mut(&id).expect("member");
+        let mut config = Config::new(id, self.members.clone());
+        config.rng_seed = mix(self.config_seed ^ mix(id.0) ^ mix(node.incarnation << 8));
+        config.election_timeout_ticks_min = scenario.election_timeout_ticks_min;
+        config.election_timeout_ticks_max = scenario.election_timeout_ticks_max;
+        config.heartbeat_interval_ticks = scenario.heartbeat_interval_ticks;
+        config.batch_commands_max = scenario.batch_commands_max;
+        config.inflight_slots_max = scenario.inflight_slots_max;
+        config.message_slots_max = scenario.message_slots_max;
+        config.pending_commands_max = scenario.pending_commands_max;
+        let recovered = node
+            .store
+            .recover()
+            .expect("MemAcceptorStore::recover cannot fail");
+        let replica = Replica::new(config, recovered, node.applied_upto)
+            .expect("the simulation's configuration is valid");
+        node.replica = Some(replica);
+        node.emitted_upto = node.applied_upto;
+        // Re-check the whole log this incarnation starts from.
+        node.checked_upto = 0;
+        node.last_role = None;
+        self.observe(id);
+        self.pump(id)
+    }
+
+    /// The replica loses everything not in its store; its state machine
+    /// keeps what it applied (restart decides how much of it survived).
+    fn crash(&mut self, id: NodeId, point: &'static str) {
+        let down_ticks_max = if self.fault_rng.chance(self.scenario.quick_restart_fraction) {
+            5
+        } else {
+            self.scenario.down_ticks_max.max(1)
+        };
+        let down_ticks = self.fault_rng.between(1, down_ticks_max);
+        let node = self.nodes.get_mut(&id).expect("member");
+        node.replica = None;
+        node.in_flight = None;
+        node.incarnation += 1;
+        node.waiting_reads.clear();
+        node.down_until = self.now + down_ticks;
+        node.last_role = None;
+        self.trace
+            .push(self.now, TraceEvent::Crash { node: id, point });
+    }
+
+    /// Rebuilds the replica from its store and from what its state machine
+    /// kept: everything it applied, nothing (lost), or a prefix (flushed
+    /// lazily).
+    fn restart(&mut self, id: NodeId) -> Step {
+        let applied_before = self.nodes[&id].applied_upto;
+        let applied_upto = if self.fault_rng.chance(self.scenario.state_machine_lost_rate) {
+            self.stats.state_machine_lost += 1;
+            0
+        } else if self
+            .fault_rng
+            .chance(self.scenario.state_machine_partial_rate)
+        {
+            self.stats.state_machine_partial += 1;
+            self.fault_rng.between(0, applied_before)
+        } else {
+            applied_before
+        };
+        self.stats.restarts += 1;
+        let node = self.nodes.get_mut(&id).expect("member");
+        node.applied_upto = applied_upto;
+        let disk = node.store.state();
+        self.trace.push(
+            self.now,
+            TraceEvent::Restart {
+                node: id,
+                applied_upto,
+                applied_before,
+                promised: disk.promised,
+                accepted: disk.accepted.len(),
+                chosen: disk.chosen.len(),
+            },
+        );
+        self.start_replica(id)
+    }
+
+    /// Records role changes and every ballot a replica led with.
+    fn observe(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let Some(replica) = node.replica.as_ref() else {
+            return;
+        };
+        let now = (replica.role(), replica.ballot());
+        if node.last_role == Some(now) {
+            return;
+        }
+        let was = node.last_role.map(|(role, _)| role);
+        node.last_role = Some(now);
+        if now.0 == Role::Leader {
+            self.leader_ballots.insert(now.1);
+        }
+        if was.is_some() || now.0 != Role::Follower {
+            self.trace.push(
+                self.now,
+                TraceEvent::Role {
+                    node: id,
+                    role: now.0,
+                    ballot: now.1,
+                },
+            );
+        }
+    }
+
+    // ----- carrying out Ready -----
+
+    /// Takes the replica's `Ready` if it has one and none is in flight:
+    /// checks what it hands out, sends its messages, starts its persist.
+    fn pump(&mut self, id: NodeId) -> Step {
+        let now = self.now;
+        let node = self.nodes.get_mut(&id).expect("member");
+        let Some(replica) = node.replica.as_mut() else {
+            return Ok(());
+        };
+        if node.in_flight.is_some() || !replica.has_ready() {
+            return Ok(());
+        }
+        let ready = replica.ready();
+        node.emitted_upto = self
+            .checker
+            .on_emitted(id, now, node.emitted_upto, &ready.chosen)?;
+        for read in &ready.reads {
+            let Some(started) = self.reads.remove(&read.read_id) else {
+                return Err(InvariantError::new(
+                    Invariant::ReadLinearizability,
+                    format!(
+                        "{id} released read r{} that was never started, or twice",
+                        read.read_id
+                    ),
+                ));
+            };
+            if started.node != id || started.incarnation != node.incarnation {
+                return Err(InvariantError::new(
+                    Invariant::ReadLinearizability,
+                    format!(
+                        "{id} (incarnation {}) released read r{} started at {} (incarnation {})",
+                        node.incarnation, read.read_id, started.node, started.incarnation
+                    ),
+                ));
+            }
+            Checker::check_read(id, read.read_id, started.required, read.slot)?;
+            self.stats.reads_released += 1;
+        }
+        // An election is under way if the replica promises (persists a
+        // promise or answers a Prepare) or campaigns.
+        let election = ready
+            .persist
+            .iter()
+            .any(|op| matches!(op, PersistOp::Promise { .. }))
+            || ready
+                .messages
+                .iter()
+                .chain(&ready.persisted_messages)
+                .any(|e| matches!(e.message, Message::Promise { .. } | Message::Prepare { .. }));
+        let crash_rate = if election {
+            self.scenario
+                .crash_in_ready_rate
+                .max(self.scenario.crash_in_election_rate)
+        } else {
+            self.scenario.crash_in_ready_rate
+        };
+        let crash = if self.faults_active && self.fault_rng.chance(crash_rate) {
+            Some(CRASH_POINTS[self.fault_rng.index(CRASH_POINTS.len())])
+        } else {
+            None
+        };
+        let disk_ticks = self.disk_rng.between(0, self.scenario.disk_delay_max_ticks);
+        let chosen = ready
+            .chosen
+            .iter()
+            .take(6)
+            .map(|e| format!("{}={}", e.slot, short_value(&e.value)))
+            .collect::<Vec<_>>()
+            .join(" ")
+            + if ready.chosen.len() > 6 { " ..." } else { "" };
+        self.trace.push(
+            now,
+            TraceEvent::Ready {
+                node: id,
+                messages: ready.messages.len(),
+                persist: ready.persist.len(),
+                persisted_messages: ready.persisted_messages.len(),
+                chosen,
+                reads: ready.reads.len(),
+                disk_ticks,
+                crash_point: crash.map(CrashPoint::describe),
+            },
+        );
+        if crash == Some(CrashPoint::BeforeSend) {
+            self.crash_in_ready(id, CrashPoint::BeforeSend);
+            return Ok(());
+        }
+        for envelope in ready.messages {
+            self.send(envelope);
+        }
+        if crash == Some(CrashPoint::AfterSend) {
+            self.crash_in_ready(id, CrashPoint::AfterSend);
+            return Ok(());
+        }
+        let node = self.nodes.get_mut(&id).expect("member");
+        node.in_flight = Some(InFlight {
+            persist: ready.persist,
+            persisted_messages: ready.persisted_messages,
+            chosen: ready.chosen,
+            reads: ready.reads,
+            crash,
+        });
+        let incarnation = node.incarnation;
+        let order = self.disk_rng.next_u64();
+        self.queue.schedule(
+            now + disk_ticks,
+            order,
+            Event::DiskDone {
+                node: id,
+                incarnation,
+            },
+        );
+        Ok(())
+    }
+
+    fn crash_in_ready(&mut self, id: NodeId, point: CrashPoint) {
+        self.stats.crashes_in_ready += 1;
+        self.crash(id, point.describe());
+    }
+
+    /// The persist of the in-flight `Ready` completes: the rest of the
+    /// recipe (send persisted, apply, reads, advance), or a crash in it.
+    fn disk_done(&mut self, id: NodeId, incarnation: u64) -> Step {
+        let node = self.nodes.get_mut(&id).expect("member");
+        if node.incarnation != incarnation || node.replica.is_none() {
+            return Ok(());
+        }
+        let Some(flight) = node.in_flight.take() else {
+            return Ok(());
+        };
+        let crash = flight.crash;
+        if crash == Some(CrashPoint::MidPersist) && !flight.persist.is_empty() {
+            let len = u64::try_from(flight.persist.len()).expect("usize fits in u64");
+            let keep = usize::try_from(self.disk_rng.below(len)).expect("below a usize");
+            if keep > 0 {
+                node.store
+                    .persist(&flight.persist[..keep])
+                    .expect("MemAcceptorStore::persist cannot fail");
+            }
+            self.trace.push(
+                self.now,
+                TraceEvent::Persisted {
+                    node: id,
+                    ops: keep,
+                },
+            );
+            self.crash_in_ready(id, CrashPoint::MidPersist);
+            return Ok(());
+        }
+        if !flight.persist.is_empty() {
+            node.store
+                .persist(&flight.persist)
+                .expect("MemAcceptorStore::persist cannot fail");
+            self.stats.persists += 1;
+        }
+        if crash == Some(CrashPoint::AfterPersist) {
+            self.crash_in_ready(id, CrashPoint::AfterPersist);
+            return Ok(());
+        }
+        for envelope in flight.persisted_messages {
+            self.send(envelope);
+        }
+        if crash == Some(CrashPoint::AfterPersistedSend) {
+            self.crash_in_ready(id, CrashPoint::AfterPersistedSend);
+            return Ok(());
+        }
+        let crash_at = match crash {
+            Some(CrashPoint::MidApply) if !flight.chosen.is_empty() => {
+                Some(self.disk_rng.index(flight.chosen.len()))
+            }
+            _ => None,
+        };
+        let node = self.nodes.get_mut(&id).expect("member");
+        for (i, entry) in flight.chosen.iter().enumerate() {
+            if crash_at == Some(i) {
+                self.crash_in_ready(id, CrashPoint::MidApply);
+                return Ok(());
+            }
+            if entry.slot != node.applied_upto + 1 {
+                return Err(InvariantError::new(
+                    Invariant::Contiguity,
+                    format!(
+                        "{id} applies slot {} after slot {}",
+                        entry.slot, node.applied_upto
+                    ),
+                ));
+            }
+            node.applied_upto = entry.slot;
+        }
+        node.waiting_reads.extend(flight.reads);
+        let applied = node.applied_upto;
+        let mut served = Vec::new();
+        node.waiting_reads.retain(|read| {
+            let ready = read.slot <= applied;
+            if ready {
+                served.push(*read);
+            }
+            !ready
+        });
+        for read in served {
+            self.stats.reads_served += 1;
+            self.trace.push(
+                self.now,
+                TraceEvent::ReadServed {
+                    node: id,
+                    read_id: read.read_id,
+                    slot: read.slot,
+                },
+            );
+        }
+        if matches!(
+            crash,
+            Some(CrashPoint::BeforeAdvance | CrashPoint::MidApply)
+        ) {
+            self.crash_in_ready(id, CrashPoint::BeforeAdvance);
+            return Ok(());
+        }
+        if let Some(replica) = self.replica(id) {
+            replica.advance();
+        }
+        self.observe(id);
+        self.pump(id)
+    }
+
+    // ----- network -----
+
+    fn send(&mut self, envelope: Envelope) {
+        self.stats.messages_sent += 1;
+        let scenario = &self.scenario;
+        if self.links.is_cut(envelope.from, envelope.to) {
+            self.stats.dropped_by_partition += 1;
+            self.trace_drop(&envelope, "partition");
+            return;
+        }
+        if self.faults_active && self.net_rng.chance(scenario.drop_rate) {
+            self.stats.dropped += 1;
+            self.trace_drop(&envelope, "loss");
+            return;
+        }
+        let copies = if self.faults_active && self.net_rng.chance(scenario.duplicate_rate) {
+            self.stats.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        if copies == 2 {
+            self.schedule_delivery(envelope.clone());
+        }
+        self.schedule_delivery(envelope);
+    }
+
+    /// Puts a message on the wire: a random delay, sometimes a long one.
+    fn schedule_delivery(&mut self, envelope: Envelope) {
+        let scenario = &self.scenario;
+        let mut delay = self.net_rng.between(0, scenario.delay_max_ticks);
+        if self.faults_active && self.net_rng.chance(scenario.reorder_rate) {
+            self.stats.reordered += 1;
+            delay += self
+                .net_rng
+                .between(1, scenario.reorder_delay_max_ticks.max(1));
+        }
+        let order = self.net_rng.next_u64();
+        self.queue
+            .schedule(self.now + delay, order, Event::Deliver(envelope));
+    }
+
+    fn trace_drop(&mut self, envelope: &Envelope, why: &'static str) {
+        self.trace.push(
+            self.now,
+            TraceEvent::Drop {
+                from: envelope.from,
+                to: envelope.to,
+                msg: MsgSummary::of(&envelope.message),
+                why,
+            },
+        );
+    }
+
+    fn deliver(&mut self, mut envelope: Envelope) -> Step {
+        if self.links.is_cut(envelope.from, envelope.to) {
+            self.stats.dropped_by_partition += 1;
+            self.trace_drop(&envelope, "partition");
+            return Ok(());
+        }
+        let to = envelope.to;
+        if self.nodes.get(&to).is_none_or(|n| n.replica.is_none()) {
+            self.stats.dropped_at_down_node += 1;
+            self.trace_drop(&envelope, "receiver down");
+            return Ok(());
+        }
+        if let Some(Corruption::ForgeAcceptValues { spare }) = self.scenario.corruption {
+            if let Message::Accept { entries, .. } = &mut envelope.message {
+                if to != spare {
+                    for entry in entries.iter_mut() {
+                        entry.value = Value::Commands(vec![command(FORGED_COMMAND)]);
+                    }
+                    self.stats.forged += 1;
+                    self.trace.push(
+                        self.now,
+                        TraceEvent::Forged {
+                            to,
+                            msg: MsgSummary::of(&envelope.message),
+                        },
+                    );
+                }
+            }
+        }
+        self.stats.messages_delivered += 1;
+        self.trace.push(
+            self.now,
+            TraceEvent::Deliver {
+                from: envelope.from,
+                to,
+                msg: MsgSummary::of(&envelope.message),
+            },
+        );
+        if let Some(replica) = self.replica(to) {
+            replica.step(envelope);
+        }
+        self.observe(to);
+        self.pump(to)
+    }
+
+    // ----- clients -----
+
+    /// A replica for a client call: one that believes it leads (there may
+    /// be several, some stale), or sometimes any running replica.
+    fn pick_target(&mut self) -> Option<NodeId> {
+        let up: Vec<NodeId> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|id| self.nodes[id].replica.is_some())
+            .collect();
+        if up.is_empty() {
+            return None;
+        }
+        let leaders: Vec<NodeId> = up
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.nodes[id]
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.role() == Role::Leader)
+            })
+            .collect();
+        let pool = if leaders.is_empty() || self.client_rng.chance(self.scenario.misdirect_rate) {
+            up
+        } else {
+            leaders
+        };
+        Some(pool[self.client_rng.index(pool.len())])
+    }
+
+    /// Client load: bursts of new commands while the faults last (after
+    /// them, only the liveness check proposes, so that recovery time is not
+    /// a backlog's drain time), and reads throughout.
+    fn client_calls(&mut self) -> Step {
+        if self.faults_active && self.client_rng.chance(self.scenario.propose_rate) {
+            let burst = self
+                .client_rng
+                .between(1, self.scenario.propose_burst_max.max(1));
+            if let Some(target) = self.pick_target() {
+                for _ in 0..burst {
+                    let id = self.next_command;
+                    self.next_command += 1;
+                    self.propose(target, id);
+                }
+                self.pump(target)?;
+            }
+        }
+        if self.client_rng.chance(self.scenario.read_rate) {
+            if let Some(target) = self.pick_target() {
+                self.read_index(target);
+                self.pump(target)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Proposes command `id` at `target`; returns whether it was taken.
+    fn propose(&mut self, target: NodeId, id: u64) -> bool {
+        let Some(replica) = self.replica(target) else {
+            return false;
+        };
+        let outcome = match replica.propose(command(id)) {
+            Ok(()) => {
+                self.checker.record_proposed(id);
+                self.stats.commands_proposed += 1;
+                "taken"
+            }
+            Err(ProposeError::NotLeader { .. }) => {
+                self.stats.commands_refused += 1;
+                "not leader"
+            }
+            Err(ProposeError::Busy) => {
+                self.stats.commands_refused += 1;
+                "busy"
+            }
+        };
+        self.trace.push(
+            self.now,
+            TraceEvent::Propose {
+                node: target,
+                command: id,
+                outcome,
+            },
+        );
+        self.observe(target);
+        outcome == "taken"
+    }
+
+    fn read_index(&mut self, target: NodeId) {
+        let read_id = self.next_read;
+        self.next_read += 1;
+        let required = self.checker.max_emitted();
+        let incarnation = self.nodes[&target].incarnation;
+        let Some(replica) = self.replica(target) else {
+            return;
+        };
+        if replica.read_index(read_id).is_ok() {
+            self.stats.reads_started += 1;
+            self.reads.insert(
+                read_id,
+                StartedRead {
+                    node: target,
+                    incarnation,
+                    required,
+                },
+            );
+            self.trace.push(
+                self.now,
+                TraceEvent::ReadIndex {
+                    node: target,
+                    read_id,
+                    required,
+                },
+            );
+        }
+        self.observe(target);
+    }
+
+    // ----- checks -----
+
+    /// Durability of every running replica's chosen prefix, every tick.
+    fn check_logs(&mut self) -> Step {
+        for (&id, node) in &mut self.nodes {
+            let Some(replica) = node.replica.as_ref() else {
+                continue;
+            };
+            let upto = replica.chosen_upto();
+            if upto < node.checked_upto {
+                return Err(InvariantError::new(
+                    Invariant::Durability,
+                    format!(
+                        "{id}: chosen_upto went back from {} to {upto}",
+                        node.checked_upto
+                    ),
+                ));
+            }
+            if upto > node.checked_upto {
+                self.checker
+                    .check_durability(id, self.now, node.checked_upto, upto, |slot| {
+                        replica.chosen_value(slot)
+                    })?;
+                node.checked_upto = upto;
+            }
+        }
+        Ok(())
+    }
+
+    /// Faults stop: the network heals and every crashed replica restarts.
+    fn begin_heal(&mut self) -> Step {
+        self.faults_active = false;
+        self.links.heal();
+        self.trace.push(
+            self.now,
+            TraceEvent::Phase("faults stop: network healed, every replica restarts"),
+        );
+        for id in self.members.clone() {
+            if self.nodes[&id].replica.is_none() {
+                self.restart(id)?;
+            }
+        }
+        self.heal = Some(Heal {
+            started: self.now,
+            target: self.checker.max_chosen(),
+            fresh: Vec::new(),
+            last_fresh_at: None,
+            fresh_slot: None,
+        });
+        Ok(())
+    }
+
+    /// After the faults: proposes fresh commands to the leader until one is
+    /// chosen, and reports whether every replica applied it and everything
+    /// chosen before the faults stopped. Fails past the liveness bound.
+    fn liveness_step(&mut self) -> Result<bool, InvariantError> {
+        let Some(heal) = self.heal.as_mut() else {
+            return Ok(false);
+        };
+        if heal.fresh_slot.is_none() {
+            heal.fresh_slot = heal
+                .fresh
+                .iter()
+                .find_map(|&id| self.checker.command_slot(id));
+        }
+        let retry = heal
+            .last_fresh_at
+            .is_none_or(|at| self.now >= at + FRESH_RETRY_TICKS);
+        if heal.fresh_slot.is_none() && retry {
+            let leader = self.members.iter().copied().find(|id| {
+                self.nodes[id]
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.role() == Role::Leader)
+            });
+            if let Some(leader) = leader {
+                let id = self.next_command;
+                self.next_command += 1;
+                if self.propose(leader, id) {
+                    let heal = self.heal.as_mut().expect("healing");
+                    heal.fresh.push(id);
+                    heal.last_fresh_at = Some(self.now);
+                }
+                self.pump(leader)?;
+            }
+        }
+        let heal = self.heal.as_ref().expect("healing");
+        let recovered = heal.fresh_slot.is_some_and(|fresh| {
+            let needed = fresh.max(heal.target);
+            self.nodes
+                .values()
+                .all(|n| n.replica.is_some() && n.applied_upto >= needed)
+        });
+        Checker::check_liveness(
+            recovered,
+            self.now - heal.started,
+            self.scenario.liveness_ticks,
+            || {
+                format!(
+                    "fresh commands {:?} (chosen in slot {:?}), every replica must apply up to \
+                     slot {}",
+                    heal.fresh, heal.fresh_slot, heal.target
+                )
+            },
+        )?;
+        Ok(recovered)
+    }
+
+    /// Every slot chosen before the faults stopped is held, unchanged, by
+    /// every replica.
+    fn final_checks(&mut self) -> Step {
+        let target = self.heal.as_ref().map_or(0, |h| h.target);
+        for (&id, node) in &self.nodes {
+            let replica = node
+                .replica
+                .as_ref()
+                .expect("every replica runs after healing");
+            self.checker
+                .check_nothing_lost(id, target, |slot| replica.chosen_value(slot))?;
+        }
+        Ok(())
+    }
+
+    /// One line per replica, for reports.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for (id, node) in &self.nodes {
+            match node.replica.as_ref() {
+                None => out.push_str(&format!(
+                    "  {id}: DOWN until t{} (incarnation {}), applied {}\n",
+                    node.down_until, node.incarnation, node.applied_upto
+                )),
+                Some(r) => out.push_str(&format!(
+                    "  {id}: {:?} ballot {} promised {} leader_hint {:?} chosen_upto {} \
+                     applied {} emitted {} pending {} inflight {} ready_in_flight {} \
+                     (incarnation {})\n",
+                    r.role(),
+                    r.ballot(),
+                    r.promised(),
+                    r.leader_hint().map(|n| n.to_string()),
+                    r.chosen_upto(),
+                    node.applied_upto,
+                    node.emitted_upto,
+                    r.pending_count(),
+                    r.inflight_count(),
+                    node.in_flight.is_some(),
+                    node.incarnation
+                )),
+            }
+        }
+        out.push_str(&format!(
+            "  network: {} events queued, split: {}; highest slot chosen {} (handed out {})\n",
+            self.queue.len(),
+            self.links.is_split(),
+            self.checker.max_chosen(),
+            self.checker.max_emitted()
+        ));
+        out
+    }
+}

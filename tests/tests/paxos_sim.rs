@@ -1,0 +1,335 @@
+//! Seeded fault simulation of the Multi-Paxos core (see
+//! `tests::paxos_sim`). Each suite runs 500 seeds (`SIM_SEEDS=n` changes
+//! that, `SIM_SEED=s` runs seed `s` alone) and prints what it exercised.
+//! A violation panics with the seed, the scenario, the invariant, the last
+//! events and the command that replays it.
+
+use std::time::Instant;
+
+use paxos_log::{Entry, NodeId, Value};
+use tests::paxos_sim::{
+    command, run, run_suite, Checker, Corruption, Invariant, Scenario, SuiteStats,
+};
+
+/// Seeds per suite in CI.
+const SEEDS: u64 = 500;
+
+/// Runs a suite and prints its totals.
+fn suite(test_name: &str, scenario: &Scenario, seeds: u64) -> SuiteStats {
+    let started = Instant::now();
+    let stats = run_suite(test_name, scenario, seeds);
+    println!(
+        "{test_name}: {} seeds in {:.1?}: {}",
+        stats.seeds,
+        started.elapsed(),
+        stats.totals
+    );
+    stats
+}
+
+/// Whether this is a full run (not `SIM_SEED` replaying one seed, nor a
+/// handful of seeds): only then are the progress floors meaningful.
+fn full_run(stats: &SuiteStats) -> bool {
+    stats.seeds >= 50
+}
+
+/// In suites where leadership changes hands often, mid-pipeline: many
+/// elections, and some new leader found holes and filled them with no-ops.
+fn assert_holes_filled(stats: &SuiteStats) {
+    if full_run(stats) {
+        let t = &stats.totals;
+        assert!(t.leaders > stats.seeds * 4, "too few elections: {t}");
+        assert!(t.noops_chosen > 0, "no leader ever filled a hole: {t}");
+    }
+}
+
+/// Floors every suite must clear so that a simulator that does nothing
+/// cannot pass: commands chosen, leaders elected, recovery after faults.
+fn assert_progress(stats: &SuiteStats) {
+    let t = &stats.totals;
+    assert!(
+        t.commands_chosen > 0 && t.leaders > 0,
+        "nothing was chosen: {t}"
+    );
+    if !full_run(stats) {
+        return;
+    }
+    assert!(
+        t.commands_chosen >= stats.seeds * 50,
+        "too few commands chosen: {t}"
+    );
+    assert!(
+        t.leaders > stats.seeds,
+        "leadership never changed hands: {t}"
+    );
+    assert!(t.faults() >= stats.seeds * 5, "too few faults: {t}");
+    assert!(t.reads_served > stats.seeds, "too few reads served: {t}");
+}
+
+#[test]
+fn lossy_network() {
+    let stats = suite("lossy_network", &Scenario::lossy_network(), SEEDS);
+    assert_progress(&stats);
+    let t = &stats.totals;
+    if full_run(&stats) {
+        assert!(t.dropped > stats.seeds * 100, "{t}");
+        assert!(t.duplicated > stats.seeds * 10, "{t}");
+        assert!(t.reordered > stats.seeds * 10, "{t}");
+        assert!(t.reads_served > 0, "{t}");
+    }
+}
+
+#[test]
+fn partitions_and_heal() {
+    let stats = suite(
+        "partitions_and_heal",
+        &Scenario::partitions_and_heal(),
+        SEEDS,
+    );
+    assert_progress(&stats);
+    assert_holes_filled(&stats);
+    let t = &stats.totals;
+    if full_run(&stats) {
+        assert!(t.partitions > stats.seeds, "{t}");
+        assert!(t.one_way_partitions > stats.seeds / 2, "{t}");
+        assert!(t.link_cuts > stats.seeds / 2, "{t}");
+        assert!(t.dropped_by_partition > stats.seeds * 50, "{t}");
+    }
+}
+
+#[test]
+fn crashes_lose_unsynced() {
+    let stats = suite(
+        "crashes_lose_unsynced",
+        &Scenario::crashes_lose_unsynced(),
+        SEEDS,
+    );
+    assert_progress(&stats);
+    let t = &stats.totals;
+    if full_run(&stats) {
+        assert!(t.crashes > stats.seeds * 2, "{t}");
+        assert!(t.crashes_in_ready > stats.seeds, "{t}");
+        assert!(t.state_machine_lost > stats.seeds / 2, "{t}");
+        assert!(t.state_machine_partial > stats.seeds / 2, "{t}");
+    }
+}
+
+#[test]
+fn crash_everyone() {
+    let stats = suite("crash_everyone", &Scenario::crash_everyone(), SEEDS);
+    assert_progress(&stats);
+    let t = &stats.totals;
+    if full_run(&stats) {
+        assert!(t.crash_all > stats.seeds * 2, "{t}");
+        assert!(t.restarts > stats.seeds * 6, "{t}");
+    }
+}
+
+#[test]
+fn five_replicas_mixed_faults() {
+    let stats = suite(
+        "five_replicas_mixed_faults",
+        &Scenario::five_replicas_mixed_faults(),
+        SEEDS,
+    );
+    assert_progress(&stats);
+    assert_holes_filled(&stats);
+    let t = &stats.totals;
+    if full_run(&stats) {
+        assert!(t.dropped > 0 && t.duplicated > 0 && t.reordered > 0, "{t}");
+        assert!(
+            t.partitions + t.one_way_partitions + t.link_cuts > stats.seeds,
+            "{t}"
+        );
+        assert!(t.crashes > stats.seeds, "{t}");
+        assert!(t.crashes_in_ready > 0 && t.crash_all > 0, "{t}");
+        assert!(t.reads_served > 0, "{t}");
+    }
+}
+
+#[test]
+fn reads_under_faults() {
+    let stats = suite("reads_under_faults", &Scenario::reads_under_faults(), SEEDS);
+    assert_progress(&stats);
+    assert_holes_filled(&stats);
+    let t = &stats.totals;
+    if full_run(&stats) {
+        assert!(t.reads_started > stats.seeds * 50, "{t}");
+        assert!(t.reads_served > stats.seeds * 30, "{t}");
+    }
+}
+
+#[test]
+fn elections_across_bridges() {
+    let stats = suite(
+        "elections_across_bridges",
+        &Scenario::elections_across_bridges(),
+        SEEDS,
+    );
+    assert_progress(&stats);
+    assert_holes_filled(&stats);
+    let t = &stats.totals;
+    if full_run(&stats) {
+        assert!(t.link_cuts > stats.seeds * 2, "{t}");
+        assert!(t.crashes_in_ready > stats.seeds, "{t}");
+        assert!(t.reads_served > stats.seeds * 20, "{t}");
+    }
+}
+
+#[test]
+#[ignore = "long: 10,000 seeds; run with --ignored"]
+fn mixed_faults_10k_seeds() {
+    let stats = suite("mixed_faults_10k_seeds", &Scenario::mixed_faults(), 10_000);
+    assert_progress(&stats);
+}
+
+/// The same seed gives the same run: nothing depends on wall time or hash
+/// order.
+#[test]
+fn runs_are_deterministic() {
+    for seed in [0, 1, 2, 77] {
+        let scenario = Scenario::five_replicas_mixed_faults();
+        let a = run(&scenario, seed).unwrap();
+        let b = run(&scenario, seed).unwrap();
+        assert_eq!(a, b, "seed {seed} ran differently twice");
+    }
+}
+
+// ----- proof that the checkers catch broken logs -----
+
+fn commands(ids: &[u64]) -> Value {
+    Value::Commands(ids.iter().map(|&id| command(id)).collect())
+}
+
+/// A network that rewrites the values of the `Accept`s it delivers makes
+/// followers accept (and learn as chosen) values nobody proposed and that
+/// differ from the leader's: the simulation must report it, as agreement,
+/// validity or durability (not as a crash of the core, and not pass).
+#[test]
+fn checker_catches_forged_accept_values() {
+    let scenario = Scenario {
+        corruption: Some(Corruption::ForgeAcceptValues { spare: NodeId(0) }),
+        ..Scenario::quiet("forged_accepts", 3)
+    };
+    for seed in 0..20 {
+        let violation = run(&scenario, seed).expect_err("a forged log must not pass");
+        assert!(
+            matches!(
+                violation.error.invariant,
+                Invariant::Agreement | Invariant::Validity | Invariant::Durability
+            ),
+            "seed {seed}: caught as {}, not as agreement or validity:\n{}",
+            violation.error,
+            violation.report("checker_catches_forged_accept_values")
+        );
+        let report = violation.report("checker_catches_forged_accept_values");
+        assert!(
+            report.contains(&format!("SIM_SEED={seed} cargo test")),
+            "{report}"
+        );
+        assert!(report.contains("forged_accepts"), "{report}");
+        assert!(
+            report.contains("FORGED"),
+            "the trace shows the forgery:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn checker_catches_two_values_in_one_slot() {
+    let mut checker = Checker::new();
+    checker.record_proposed(1);
+    checker.record_proposed(2);
+    checker.on_chosen(NodeId(1), 1, 5, &commands(&[1])).unwrap();
+    // The same value again, from another replica: fine.
+    checker.on_chosen(NodeId(2), 2, 5, &commands(&[1])).unwrap();
+    let error = checker
+        .on_chosen(NodeId(3), 3, 5, &commands(&[2]))
+        .unwrap_err();
+    assert_eq!(error.invariant, Invariant::Agreement, "{error}");
+    let error = checker
+        .on_chosen(NodeId(3), 3, 5, &Value::Noop)
+        .unwrap_err();
+    assert_eq!(error.invariant, Invariant::Agreement, "{error}");
+}
+
+#[test]
+fn checker_catches_invalid_values() {
+    let mut checker = Checker::new();
+    checker.record_proposed(1);
+    checker.record_proposed(2);
+    checker.on_chosen(NodeId(1), 1, 1, &commands(&[1])).unwrap();
+    checker.on_chosen(NodeId(1), 1, 2, &Value::Noop).unwrap();
+    for (slot, value, why) in [
+        (3, commands(&[9]), "never proposed"),
+        (3, commands(&[1]), "chosen twice"),
+        (3, commands(&[2, 2]), "twice in one batch"),
+        (3, Value::Commands(vec![b"junk".to_vec()]), "not a command"),
+        (3, Value::Commands(vec![]), "empty batch"),
+    ] {
+        let error = checker.on_chosen(NodeId(2), 2, slot, &value).unwrap_err();
+        assert_eq!(error.invariant, Invariant::Validity, "{why}: {error}");
+    }
+}
+
+#[test]
+fn checker_catches_gaps_and_repeats() {
+    let entry = |slot| Entry {
+        slot,
+        value: Value::Noop,
+    };
+    assert_eq!(
+        Checker::check_contiguity(NodeId(1), 3, &[entry(4), entry(5)]).unwrap(),
+        5
+    );
+    for entries in [
+        vec![entry(5)],
+        vec![entry(3)],
+        vec![entry(4), entry(6)],
+        vec![entry(4), entry(4)],
+    ] {
+        let error = Checker::check_contiguity(NodeId(1), 3, &entries).unwrap_err();
+        assert_eq!(error.invariant, Invariant::Contiguity, "{error}");
+    }
+}
+
+#[test]
+fn checker_catches_lost_and_changed_values() {
+    let mut checker = Checker::new();
+    checker.record_proposed(1);
+    checker.on_chosen(NodeId(1), 1, 1, &commands(&[1])).unwrap();
+    checker.on_chosen(NodeId(1), 1, 2, &Value::Noop).unwrap();
+    let one = commands(&[1]);
+    let noop = Value::Noop;
+    // A replica that claims slots 1..=2 chosen but lost slot 2.
+    let error = checker
+        .check_durability(NodeId(2), 5, 0, 2, |slot| (slot == 1).then_some(&one))
+        .unwrap_err();
+    assert_eq!(error.invariant, Invariant::Durability, "{error}");
+    // A replica that holds a different value for slot 2 after a restart.
+    let error = checker
+        .check_durability(NodeId(2), 5, 0, 2, |_| Some(&one))
+        .unwrap_err();
+    assert_eq!(error.invariant, Invariant::Durability, "{error}");
+    // After recovery, every chosen slot must be held unchanged.
+    let error = checker
+        .check_nothing_lost(NodeId(3), 2, |slot| (slot == 2).then_some(&noop))
+        .unwrap_err();
+    assert_eq!(error.invariant, Invariant::Durability, "{error}");
+    checker
+        .check_nothing_lost(NodeId(3), 2, |slot| {
+            Some(if slot == 1 { &one } else { &noop })
+        })
+        .unwrap();
+}
+
+#[test]
+fn checker_catches_stale_reads_and_stalls() {
+    Checker::check_read(NodeId(1), 7, 10, 10).unwrap();
+    let error = Checker::check_read(NodeId(1), 7, 10, 9).unwrap_err();
+    assert_eq!(error.invariant, Invariant::ReadLinearizability, "{error}");
+    Checker::check_liveness(false, 999, 1000, String::new).unwrap();
+    Checker::check_liveness(true, 5000, 1000, String::new).unwrap();
+    let error = Checker::check_liveness(false, 1000, 1000, String::new).unwrap_err();
+    assert_eq!(error.invariant, Invariant::Liveness, "{error}");
+}
