@@ -26,10 +26,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info_span, warn};
 
+mod snapshots;
+
+use storage::snapshot::SnapshotStore;
+
+use self::snapshots::Snapshots;
 use crate::config::Config;
 use crate::core::{Replica, Role};
 use crate::error::{ConfigError, ProposeError};
-use crate::message::Envelope;
+use crate::message::{Envelope, Message};
 use crate::ready::Ready;
 use crate::state_machine::StateMachine;
 use crate::store::AcceptorStore;
@@ -48,6 +53,15 @@ pub struct DriverOptions {
     pub queue_depth: usize,
     /// Most inputs taken into one `Ready`.
     pub inputs_per_ready_max: usize,
+    /// With a snapshot store: take a snapshot (and compact the log below
+    /// it) every time this many more slots were applied. 0: never.
+    pub snapshot_every_slots: u64,
+    /// Size of the chunks a snapshot is sent to a peer in.
+    pub snapshot_chunk_bytes: usize,
+    /// Largest snapshot accepted from a peer.
+    pub snapshot_bytes_max: u64,
+    /// A peer that keeps asking gets the snapshot again at most this often.
+    pub snapshot_resend_after: Duration,
 }
 
 impl Default for DriverOptions {
@@ -57,6 +71,10 @@ impl Default for DriverOptions {
             request_timeout: Duration::from_secs(5),
             queue_depth: 65_536,
             inputs_per_ready_max: 16_384,
+            snapshot_every_slots: 10_000,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_bytes_max: 1 << 30,
+            snapshot_resend_after: Duration::from_secs(1),
         }
     }
 }
@@ -103,6 +121,9 @@ pub enum StartError {
     /// The thread could not be spawned.
     #[error("spawning the driver thread: {0}")]
     Spawn(std::io::Error),
+    /// The state machine refused the newest snapshot.
+    #[error("restoring the state machine from its snapshot: {0}")]
+    Restore(String),
 }
 
 /// A snapshot of a replica's state, published after every `Ready`.
@@ -120,6 +141,12 @@ pub struct NodeMetrics {
     pub chosen_upto: Slot,
     /// Every slot up to here is applied.
     pub applied_slot: Slot,
+    /// Slots below this were compacted away under a snapshot.
+    pub log_start: Slot,
+    /// Snapshots this replica took of its own state machine.
+    pub snapshots_taken: u64,
+    /// Snapshots received from peers and installed.
+    pub snapshots_installed: u64,
     /// Proposals waiting for their slot to be chosen.
     pub pending_proposals: usize,
     /// Batches persisted (one fsync each).
@@ -238,7 +265,7 @@ impl<M: StateMachine> Node<M> {
     /// thread.
     pub fn start<S, T>(
         config: Config,
-        mut store: S,
+        store: S,
         state_machine: M,
         transport: Arc<T>,
         options: DriverOptions,
@@ -247,9 +274,70 @@ impl<M: StateMachine> Node<M> {
         S: AcceptorStore + Send + 'static,
         T: Transport + ?Sized,
     {
+        Node::start_inner(config, store, state_machine, transport, options, None)
+    }
+
+    /// Like [`Node::start`], with snapshots: the state machine is restored
+    /// from the newest valid snapshot in `snapshots` (if it is ahead of the
+    /// state machine's own durable slot), a snapshot is taken every
+    /// `snapshot_every_slots` applied slots and the log compacted below it,
+    /// and peers that fell behind the compacted log are sent the snapshot.
+    pub fn start_with_snapshots<S, T>(
+        config: Config,
+        store: S,
+        state_machine: M,
+        transport: Arc<T>,
+        options: DriverOptions,
+        snapshots: SnapshotStore,
+    ) -> Result<Node<M>, StartError>
+    where
+        S: AcceptorStore + Send + 'static,
+        T: Transport + ?Sized,
+    {
+        Node::start_inner(
+            config,
+            store,
+            state_machine,
+            transport,
+            options,
+            Some(snapshots),
+        )
+    }
+
+    fn start_inner<S, T>(
+        config: Config,
+        mut store: S,
+        mut state_machine: M,
+        transport: Arc<T>,
+        options: DriverOptions,
+        snapshot_store: Option<SnapshotStore>,
+    ) -> Result<Node<M>, StartError>
+    where
+        S: AcceptorStore + Send + 'static,
+        T: Transport + ?Sized,
+    {
         let id = config.node_id;
         let recovered = store.recover()?;
-        let applied = state_machine.durable_slot();
+        let mut applied = state_machine.durable_slot();
+        let snapshots = match snapshot_store {
+            Some(snapshot_store) => {
+                let (snapshots, latest) = Snapshots::open(
+                    snapshot_store,
+                    options.snapshot_every_slots,
+                    options.snapshot_chunk_bytes,
+                    options.snapshot_bytes_max,
+                    options.snapshot_resend_after,
+                )?;
+                if let Some((slot, data)) = latest.filter(|(slot, _)| *slot > applied) {
+                    state_machine
+                        .restore(slot, &data)
+                        .map_err(StartError::Restore)?;
+                    applied = slot;
+                }
+                Some(snapshots)
+            }
+            None => None,
+        };
         let replica = Replica::new(config, recovered, applied)?;
         let (inputs, receiver) = mpsc::sync_channel(options.queue_depth);
         let (metrics_tx, metrics) = watch::channel(NodeMetrics {
@@ -278,6 +366,10 @@ impl<M: StateMachine> Node<M> {
             waiting_reads: Vec::new(),
             persist_count: 0,
             metrics: metrics_tx,
+            snapshots,
+            fatal: None,
+            snapshots_taken: 0,
+            snapshots_installed: 0,
         };
         let thread = thread::Builder::new()
             .name(format!("paxos-{}", id.0))
@@ -341,6 +433,12 @@ struct Driver<S, M, T: ?Sized> {
     waiting_reads: Vec<(Slot, Vec<u8>, Reply)>,
     persist_count: u64,
     metrics: watch::Sender<NodeMetrics>,
+    /// Snapshot taking, sending and receiving, if configured.
+    snapshots: Option<Snapshots>,
+    /// A failure found outside `process_ready` that must stop the replica.
+    fatal: Option<String>,
+    snapshots_taken: u64,
+    snapshots_installed: u64,
 }
 
 /// Bytes before the command in a proposed value: origin node and sequence
@@ -401,6 +499,17 @@ where
 
     fn take(&mut self, input: Input) {
         match input {
+            Input::Message(Envelope {
+                from,
+                message:
+                    Message::Snapshot {
+                        slot,
+                        offset,
+                        total_bytes,
+                        data,
+                    },
+                ..
+            }) => self.receive_snapshot(from, slot, offset, total_bytes, data),
             Input::Message(envelope) => self.replica.step(envelope),
             Input::Propose { command, reply } => {
                 let seq = self.next_seq;
@@ -436,6 +545,9 @@ where
 
     /// Carries out every `Ready` the core has.
     fn process_ready(&mut self) -> Result<(), String> {
+        if let Some(cause) = self.fatal.take() {
+            return Err(cause);
+        }
         while self.replica.has_ready() {
             let Ready {
                 messages,
@@ -443,6 +555,7 @@ where
                 persisted_messages,
                 chosen,
                 reads,
+                snapshot_requests,
             } = self.replica.ready();
             if !messages.is_empty() {
                 self.transport.send(messages);
@@ -463,9 +576,86 @@ where
                 }
             }
             self.answer_reads();
+            for peer in snapshot_requests {
+                self.send_snapshot(peer);
+            }
             self.replica.advance();
         }
-        Ok(())
+        self.maybe_take_snapshot()
+    }
+
+    /// Takes a snapshot when enough was applied since the last one, then
+    /// compacts the core's log and the acceptor store below it.
+    fn maybe_take_snapshot(&mut self) -> Result<(), String> {
+        let applied = self.applied;
+        let Some(snapshots) = self.snapshots.as_mut() else {
+            return Ok(());
+        };
+        if !snapshots.due(applied) {
+            return Ok(());
+        }
+        let Some(data) = self.state_machine.snapshot() else {
+            return Ok(());
+        };
+        if let Err(error) = snapshots.save(applied, &data) {
+            // Not fatal: the log is simply not compacted this time.
+            warn!(%error, slot = applied, "could not write a snapshot; log not compacted");
+            return Ok(());
+        }
+        self.snapshots_taken += 1;
+        self.replica.compact(applied);
+        self.store
+            .compact(applied)
+            .map_err(|e| format!("compacting the acceptor log: {e}"))
+    }
+
+    /// Sends the newest snapshot to a peer that needs compacted slots.
+    fn send_snapshot(&mut self, peer: NodeId) {
+        let me = self.replica.id();
+        let Some(snapshots) = self.snapshots.as_mut() else {
+            return;
+        };
+        match snapshots.chunks_for(me, peer, Instant::now()) {
+            Ok(envelopes) if !envelopes.is_empty() => self.transport.send(envelopes),
+            Ok(_) => {}
+            Err(error) => warn!(%error, %peer, "could not read the snapshot to send"),
+        }
+    }
+
+    /// One chunk of a peer's snapshot arrived; installs it once complete.
+    fn receive_snapshot(
+        &mut self,
+        from: NodeId,
+        slot: Slot,
+        offset: u64,
+        total_bytes: u64,
+        data: Vec<u8>,
+    ) {
+        let Some(snapshots) = self.snapshots.as_mut() else {
+            return;
+        };
+        let Some((slot, data)) = snapshots.receive(from, slot, offset, total_bytes, data) else {
+            return;
+        };
+        if slot <= self.applied {
+            return;
+        }
+        if let Err(error) = self.state_machine.restore(slot, &data) {
+            warn!(%error, %from, slot, "state machine refused a snapshot");
+            return;
+        }
+        // Durable before the log below it is forgotten.
+        if let Err(error) = snapshots.save(slot, &data) {
+            self.fatal = Some(format!("saving a received snapshot: {error}"));
+            return;
+        }
+        self.applied = slot;
+        self.snapshots_installed += 1;
+        self.replica.install_snapshot(slot);
+        if let Err(error) = self.store.compact(slot) {
+            self.fatal = Some(format!("compacting the acceptor log: {error}"));
+        }
+        self.answer_reads();
     }
 
     fn apply(&mut self, slot: Slot, value: &Value) {
@@ -526,6 +716,9 @@ where
             promised: self.replica.promised(),
             chosen_upto: self.replica.chosen_upto(),
             applied_slot: self.applied,
+            log_start: self.replica.log_start(),
+            snapshots_taken: self.snapshots_taken,
+            snapshots_installed: self.snapshots_installed,
             pending_proposals: self.proposals.len(),
             persist_count: self.persist_count,
             failed,

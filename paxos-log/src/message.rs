@@ -73,6 +73,11 @@ pub enum Message {
         ballot: Ballot,
         /// Echo of the `Prepare`'s first slot.
         first_slot: Slot,
+        /// The acceptor forgot every slot up to here (compacted below a
+        /// snapshot). They are all chosen, but the promise cannot report
+        /// them: a candidate whose `first_slot` is not above this must not
+        /// lead, and fetches a snapshot instead.
+        compacted_upto: Slot,
         /// Every slot >= `first_slot` the acceptor holds, in slot order.
         slots: Vec<PromisedSlot>,
     },
@@ -130,6 +135,18 @@ pub enum Message {
         /// The values.
         entries: Vec<SlotValue>,
     },
+    /// One chunk of a state machine snapshot, for a replica whose missing
+    /// slots were compacted away. Handled by the driver, never by the core.
+    Snapshot {
+        /// The snapshot covers every slot up to here.
+        slot: Slot,
+        /// Where `data` starts in the snapshot.
+        offset: u64,
+        /// The snapshot's whole size.
+        total_bytes: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
 }
 
 impl Message {
@@ -145,6 +162,7 @@ impl Message {
             Message::HeartbeatAck { .. } => "heartbeat_ack",
             Message::CatchUp { .. } => "catch_up",
             Message::Chosen { .. } => "chosen",
+            Message::Snapshot { .. } => "snapshot",
         }
     }
 }

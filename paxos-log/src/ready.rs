@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::message::Envelope;
-use crate::types::{Ballot, Entry, Slot, Value};
+use crate::types::{Ballot, Entry, NodeId, Slot, Value};
 
 /// A change to the acceptor's durable state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +31,17 @@ pub enum PersistOp {
         slot: Slot,
         /// The chosen value.
         value: Value,
+    },
+    /// Written by a store when it compacts, never by the core, after
+    /// re-writing every retained slot: forget every slot up to
+    /// `compacted_upto`, and keep at least `promised`. It never removes
+    /// anything above the compaction point, so a crash that tears a
+    /// checkpoint loses nothing.
+    Checkpoint {
+        /// The promise at the time of the checkpoint.
+        promised: Ballot,
+        /// Every slot up to here is compacted away.
+        compacted_upto: Slot,
     },
 }
 
@@ -65,6 +76,9 @@ pub struct Ready {
     pub chosen: Vec<Entry>,
     /// Reads whose leadership check completed.
     pub reads: Vec<ReadReady>,
+    /// Peers that need slots this replica compacted away: send each the
+    /// latest state machine snapshot (then the log catches them up).
+    pub snapshot_requests: Vec<NodeId>,
 }
 
 impl Ready {
@@ -75,5 +89,6 @@ impl Ready {
             && self.persisted_messages.is_empty()
             && self.chosen.is_empty()
             && self.reads.is_empty()
+            && self.snapshot_requests.is_empty()
     }
 }

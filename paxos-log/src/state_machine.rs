@@ -22,4 +22,19 @@ pub trait StateMachine: Send + 'static {
 
     /// The highest slot whose effects survive a crash (0 if none).
     fn durable_slot(&self) -> Slot;
+
+    /// The whole state as of the last applied slot, for a snapshot; `None`
+    /// if this state machine does not support snapshots (then the driver
+    /// never compacts the log). Required when the driver runs with a
+    /// snapshot store.
+    fn snapshot(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Replaces the whole state with `snapshot`, taken at `slot` (by this
+    /// replica earlier, or by a peer). An error leaves the state unchanged.
+    fn restore(&mut self, slot: Slot, snapshot: &[u8]) -> Result<(), String> {
+        let _ = (slot, snapshot);
+        Err("this state machine does not support snapshots".to_string())
+    }
 }

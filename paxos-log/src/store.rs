@@ -21,6 +21,44 @@ pub struct RecoveredState {
     pub accepted: BTreeMap<Slot, (Ballot, Value)>,
     /// Values this replica learned as chosen without accepting them.
     pub chosen: BTreeMap<Slot, Value>,
+    /// Every slot up to here was compacted away below a snapshot.
+    pub compacted_upto: Slot,
+}
+
+impl RecoveredState {
+    /// Forgets every slot up to `upto` (they are covered by a snapshot).
+    pub fn compact(&mut self, upto: Slot) {
+        if upto <= self.compacted_upto {
+            return;
+        }
+        self.accepted = self.accepted.split_off(&(upto + 1));
+        self.chosen = self.chosen.split_off(&(upto + 1));
+        self.compacted_upto = upto;
+    }
+
+    /// The ops that rebuild this state from nothing: a `Checkpoint`, then
+    /// every retained slot. What a store writes when it compacts.
+    pub fn checkpoint_ops(&self) -> Vec<PersistOp> {
+        let mut ops = Vec::with_capacity(1 + self.accepted.len() + self.chosen.len());
+        ops.push(PersistOp::Checkpoint {
+            promised: self.promised,
+            compacted_upto: self.compacted_upto,
+        });
+        for (&slot, (ballot, value)) in &self.accepted {
+            ops.push(PersistOp::Accept {
+                slot,
+                ballot: *ballot,
+                value: value.clone(),
+            });
+        }
+        for (&slot, value) in &self.chosen {
+            ops.push(PersistOp::Chosen {
+                slot,
+                value: value.clone(),
+            });
+        }
+        ops
+    }
 }
 
 /// Durable storage of acceptor state.
@@ -39,6 +77,15 @@ pub trait AcceptorStore {
     fn recover(&mut self) -> Result<RecoveredState, StorageError>;
     /// Makes a batch of ops durable.
     fn persist(&mut self, ops: &[PersistOp]) -> Result<(), StorageError>;
+
+    /// Forgets every slot up to `upto` and reclaims the space they took.
+    ///
+    /// # Correctness
+    ///
+    /// Called only once a snapshot covering `upto` is durable. The promise
+    /// and every slot above `upto` must survive a crash during or after the
+    /// call; slots up to `upto` may come back after a crash during it.
+    fn compact(&mut self, upto: Slot) -> Result<(), StorageError>;
 }
 
 /// Applies one op to a recovered state: shared by every store so that
@@ -59,12 +106,23 @@ pub fn apply_op(state: &mut RecoveredState, op: &PersistOp) {
                 .accepted
                 .get(slot)
                 .is_none_or(|(current, _)| ballot >= current);
-            if newer {
+            if newer && *slot > state.compacted_upto {
                 state.accepted.insert(*slot, (*ballot, value.clone()));
             }
         }
         PersistOp::Chosen { slot, value } => {
-            state.chosen.insert(*slot, value.clone());
+            if *slot > state.compacted_upto {
+                state.chosen.insert(*slot, value.clone());
+            }
+        }
+        PersistOp::Checkpoint {
+            promised,
+            compacted_upto,
+        } => {
+            // Never a reset: a crash may keep any prefix of a checkpoint,
+            // so it must not take away what the records before it say.
+            state.promised = state.promised.max(*promised);
+            state.compact(*compacted_upto);
         }
     }
 }
@@ -100,6 +158,10 @@ impl AcceptorStore for MemAcceptorStore {
             apply_op(&mut self.state, op);
         }
         self.persist_count += 1;
+        Ok(())
+    }
+    fn compact(&mut self, upto: Slot) -> Result<(), StorageError> {
+        self.state.compact(upto);
         Ok(())
     }
 }

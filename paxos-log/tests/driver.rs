@@ -18,6 +18,7 @@ use paxos_log::{
     AcceptorStore, ChannelTransport, Config, DriverOptions, MemAcceptorStore, Node, NodeError,
     NodeHandle, NodeId, Role, Slot, StateMachine,
 };
+use storage::snapshot::SnapshotStore;
 use storage::wal::WalOptions;
 use storage::RealFs;
 
@@ -36,8 +37,16 @@ impl StateMachine for LogMachine {
         (self.applied.len() as u64).to_le_bytes().to_vec()
     }
     fn durable_slot(&self) -> Slot {
-        // In memory only: a restarted replica re-learns the whole log.
+        // In memory only: a restarted replica re-learns the whole log, or
+        // restores its snapshot when it has a snapshot store.
         0
+    }
+    fn snapshot(&mut self) -> Option<Vec<u8>> {
+        Some(bincode::serialize(&self.applied).expect("a Vec of byte vectors encodes"))
+    }
+    fn restore(&mut self, _slot: Slot, snapshot: &[u8]) -> Result<(), String> {
+        self.applied = bincode::deserialize(snapshot).map_err(|e| e.to_string())?;
+        Ok(())
     }
 }
 
@@ -296,5 +305,126 @@ async fn acknowledged_proposals_survive_restarts_from_disk() {
             applied.contains(command),
             "acknowledged command {command:?} lost"
         );
+    }
+}
+
+fn start_with_snapshots(
+    id: NodeId,
+    dir: &Path,
+    network: &Arc<ChannelTransport>,
+) -> Node<LogMachine> {
+    let wal_options = WalOptions {
+        segment_size_bytes_max: 4096,
+        ..WalOptions::default()
+    };
+    let store =
+        WalAcceptorStore::open(RealFs::shared(), &dir.join("wal"), wal_options).expect("WAL opens");
+    let snapshots =
+        SnapshotStore::open(RealFs::shared(), &dir.join("snap")).expect("snapshot store opens");
+    let options = DriverOptions {
+        snapshot_every_slots: 25,
+        snapshot_chunk_bytes: 512,
+        snapshot_resend_after: Duration::from_millis(50),
+        ..options()
+    };
+    let config = Config {
+        rng_seed: 11,
+        ..Config::new(id, members())
+    };
+    let node = Node::start_with_snapshots(
+        config,
+        store,
+        LogMachine::default(),
+        Arc::clone(network),
+        options,
+        snapshots,
+    )
+    .expect("replica starts");
+    network.register(id, node.handle());
+    node
+}
+
+/// Proposes `count` commands tagged `tag` through the current leader, one at
+/// a time, retrying refused ones; returns the slot of the last.
+async fn propose_all(handles: &[NodeHandle], tag: u8, count: u16) -> Slot {
+    let mut last = 0;
+    for i in 0..count {
+        loop {
+            let leader = wait_for_leader(handles).await;
+            let command = [vec![tag], i.to_le_bytes().to_vec()].concat();
+            if let Ok(slot) = leader.propose(command).await {
+                last = u64::from_le_bytes(slot.try_into().unwrap());
+                break;
+            }
+        }
+    }
+    last
+}
+
+/// A replica that was down while the others snapshotted and compacted their
+/// logs past it comes back through a snapshot, then the log tail; a replica
+/// restarted from its own snapshot and compacted WAL rebuilds the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_compacted_log_catches_up_from_a_snapshot() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let network = Arc::new(ChannelTransport::new());
+    let mut nodes: Vec<Option<Node<LogMachine>>> = members()
+        .into_iter()
+        .zip(&dirs)
+        .map(|(id, dir)| Some(start_with_snapshots(id, dir.path(), &network)))
+        .collect();
+    let all: Vec<NodeHandle> = nodes.iter().flatten().map(Node::handle).collect();
+    propose_all(&all, 1, 10).await;
+
+    // Replica 3 goes down; the other two go on far past several snapshots.
+    network.unregister(NodeId(3));
+    nodes[2].take().unwrap().stop();
+    let two: Vec<NodeHandle> = nodes.iter().flatten().map(Node::handle).collect();
+    let last = propose_all(&two, 2, 200).await;
+    wait_applied(&two, last).await;
+    for handle in &two {
+        let metrics = handle.metrics();
+        assert!(
+            metrics.log_start > 100,
+            "{} did not compact: {metrics:?}",
+            handle.id()
+        );
+    }
+    for dir in &dirs[..2] {
+        let first_segment = dir.path().join("wal").join("00000000000000000001.wal");
+        assert!(
+            !first_segment.exists(),
+            "compaction left the first WAL segment in place"
+        );
+    }
+
+    // Replica 3 restarts from its own disk, far behind everyone's log start.
+    nodes[2] = Some(start_with_snapshots(NodeId(3), dirs[2].path(), &network));
+    let all: Vec<NodeHandle> = nodes.iter().flatten().map(Node::handle).collect();
+    let last = propose_all(&all, 3, 5).await;
+    wait_applied(&all, last).await;
+    let caught_up = all[2].metrics();
+    assert!(
+        caught_up.snapshots_installed >= 1,
+        "replica 3 did not install a snapshot: {caught_up:?}"
+    );
+
+    // Replica 1 restarts from its own snapshot and compacted WAL.
+    network.unregister(NodeId(1));
+    nodes[0].take().unwrap().stop();
+    nodes[0] = Some(start_with_snapshots(NodeId(1), dirs[0].path(), &network));
+    let all: Vec<NodeHandle> = nodes.iter().flatten().map(Node::handle).collect();
+    let last = propose_all(&all, 4, 5).await;
+    wait_applied(&all, last).await;
+
+    let machines: Vec<LogMachine> = nodes
+        .into_iter()
+        .flatten()
+        .map(|n| n.stop().unwrap())
+        .collect();
+    let reference = commands_of(&machines[0]);
+    assert_eq!(reference.len(), 220, "every command applied exactly once");
+    for (i, machine) in machines.iter().enumerate() {
+        assert_eq!(commands_of(machine), reference, "replica {} differs", i + 1);
     }
 }

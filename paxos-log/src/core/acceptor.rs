@@ -41,7 +41,7 @@ impl Replica {
         }
         let slots = self
             .log
-            .range(first_slot.max(1)..)
+            .range(first_slot.max(self.log_start)..)
             .map(|(&slot, state)| match state {
                 SlotState::Accepted { ballot, value } => PromisedSlot::Accepted {
                     slot,
@@ -62,6 +62,7 @@ impl Replica {
             Message::Promise {
                 ballot,
                 first_slot,
+                compacted_upto: self.log_start - 1,
                 slots,
             },
         );

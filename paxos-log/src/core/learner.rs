@@ -71,6 +71,13 @@ impl Replica {
 
     /// Answers a `CatchUp` with the chosen values this replica has.
     pub(super) fn on_catch_up(&mut self, from: NodeId, first_slot: Slot, last_slot: Slot) {
+        if first_slot < self.log_start {
+            // Compacted away: only a snapshot can bring the peer up to here.
+            if !self.out.snapshot_requests.contains(&from) {
+                self.out.snapshot_requests.push(from);
+            }
+            return;
+        }
         let last_slot =
             last_slot.min(first_slot.saturating_add(self.config.message_slots_max as u64 - 1));
         let entries: Vec<SlotValue> = self

@@ -109,8 +109,10 @@ pub struct Replica {
     // --- acceptor ---
     /// Highest ballot promised (durable once the current `Ready` is).
     promised: Ballot,
-    /// Every slot this replica holds something for.
+    /// Every slot this replica holds something for, all >= `log_start`.
     log: BTreeMap<Slot, SlotState>,
+    /// Slots below this were compacted away under a snapshot.
+    log_start: Slot,
 
     // --- learner ---
     /// Every slot up to here is `Chosen` in `log`.
@@ -198,7 +200,9 @@ impl Replica {
             }
         }
         let promised = recovered.promised;
+        let log_start = recovered.compacted_upto + 1;
         let mut replica = Replica {
+            log_start,
             rng,
             now_ticks: 0,
             promised,
@@ -285,6 +289,43 @@ impl Replica {
             Some(SlotState::Chosen { value }) => Some(value),
             _ => None,
         }
+    }
+
+    /// Slots below this were compacted away (1 if none were).
+    pub fn log_start(&self) -> Slot {
+        self.log_start
+    }
+
+    /// Forgets every slot up to `upto`, which must already be applied and
+    /// covered by a durable snapshot. Peers that still need those slots get
+    /// the snapshot instead (see [`Ready::snapshot_requests`]). The driver
+    /// compacts the [`crate::AcceptorStore`] to the same slot.
+    pub fn compact(&mut self, upto: Slot) {
+        let upto = upto.min(self.emitted_upto);
+        if upto < self.log_start {
+            return;
+        }
+        self.log = self.log.split_off(&(upto + 1));
+        self.log_start = upto + 1;
+        self.check_invariants();
+    }
+
+    /// The state machine installed a snapshot covering every slot up to
+    /// `slot` (received from a peer because this replica fell behind the
+    /// peers' compacted logs). Slots up to it count as chosen and applied.
+    pub fn install_snapshot(&mut self, slot: Slot) {
+        if slot <= self.emitted_upto {
+            return;
+        }
+        self.log = self.log.split_off(&(slot + 1));
+        self.log_start = self.log_start.max(slot + 1);
+        self.chosen_upto = self.chosen_upto.max(slot);
+        self.emitted_upto = slot;
+        self.leader_commit = self.leader_commit.max(slot);
+        self.proposals = self.proposals.split_off(&(slot + 1));
+        self.catch_up_sent_at = None;
+        self.advance_chosen();
+        self.check_invariants();
     }
 
     /// Advances logical time by one tick.
@@ -422,8 +463,9 @@ impl Replica {
             Message::Promise {
                 ballot,
                 first_slot,
+                compacted_upto,
                 slots,
-            } => self.on_promise(from, ballot, first_slot, slots),
+            } => self.on_promise(from, ballot, first_slot, compacted_upto, slots),
             Message::Accept {
                 ballot,
                 entries,
@@ -442,6 +484,8 @@ impl Replica {
                 last_slot,
             } => self.on_catch_up(from, first_slot, last_slot),
             Message::Chosen { entries } => self.on_chosen(entries),
+            // Snapshot transfer is the driver's business.
+            Message::Snapshot { .. } => {}
         }
     }
 
@@ -563,6 +607,17 @@ impl Replica {
                     "slot {slot} below chosen_upto is not chosen"
                 );
             }
+            assert!(
+                self.log
+                    .keys()
+                    .next()
+                    .is_none_or(|&first| first >= self.log_start),
+                "log holds a slot below log_start"
+            );
+            assert!(
+                self.log_start <= self.emitted_upto + 1,
+                "compacted beyond applied"
+            );
             for (&slot, state) in self.log.range(self.chosen_upto + 1..) {
                 if let SlotState::Accepted { ballot, .. } = state {
                     assert!(

@@ -44,12 +44,30 @@ impl Replica {
         from: NodeId,
         ballot: Ballot,
         first_slot: Slot,
+        compacted_upto: Slot,
         slots: Vec<PromisedSlot>,
     ) {
         if self.role != Role::Candidate
             || ballot != self.ballot
             || first_slot != self.prepare_first_slot
         {
+            return;
+        }
+        if compacted_upto >= first_slot {
+            // The promiser forgot chosen slots this candidate does not know,
+            // so the promise cannot show their values: taking over could
+            // propose no-ops over chosen values. Catch up first (the peer
+            // answers with a snapshot), and let a replica that is not
+            // behind win this election.
+            self.step_down(None);
+            self.leader_commit = self.leader_commit.max(compacted_upto);
+            self.send(
+                from,
+                Message::CatchUp {
+                    first_slot: self.chosen_upto + 1,
+                    last_slot: compacted_upto,
+                },
+            );
             return;
         }
         self.promises.insert(from, slots);

@@ -58,6 +58,7 @@ use tracing::info;
 
 use crate::ready::PersistOp;
 use crate::store::{apply_op, AcceptorStore, RecoveredState};
+use crate::types::Slot;
 
 /// The format version byte that starts every acceptor record this build
 /// writes, and the only one it reads.
@@ -244,6 +245,30 @@ impl AcceptorStore for WalAcceptorStore {
                 Err(error)
             }
         }
+    }
+
+    /// Writes a checkpoint (the promise, the compaction point and every
+    /// slot above it) under one fdatasync, then deletes every WAL segment
+    /// that holds only records from before the checkpoint. A crash before
+    /// the checkpoint is durable leaves the old records, which still say
+    /// everything; a crash during the deletions leaves a contiguous tail
+    /// that starts at or before the checkpoint.
+    fn compact(&mut self, upto: Slot) -> Result<(), StorageError> {
+        self.check_failed()?;
+        if upto <= self.state.compacted_upto {
+            return Ok(());
+        }
+        self.state.compact(upto);
+        let checkpoint = self.state.checkpoint_ops();
+        let first_lsn = self.wal.next_lsn();
+        if let Err(error) = self.write_batch(&checkpoint) {
+            // Memory already forgot the compacted slots; what the disk holds
+            // is unknown. Only a reopen can tell.
+            self.failed = Some(error.to_string());
+            return Err(error);
+        }
+        self.wal.compact_below(first_lsn)?;
+        Ok(())
     }
 }
 

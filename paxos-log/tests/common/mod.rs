@@ -82,6 +82,7 @@ pub fn promise(ballot: Ballot, first_slot: Slot, slots: Vec<PromisedSlot>) -> Me
     Message::Promise {
         ballot,
         first_slot,
+        compacted_upto: 0,
         slots,
     }
 }
@@ -173,6 +174,7 @@ pub fn recovered(
             .map(|(s, b, v)| (s, (b, v)))
             .collect::<BTreeMap<_, _>>(),
         chosen: chosen.into_iter().collect(),
+        compacted_upto: 0,
     }
 }
 

@@ -28,6 +28,7 @@ impl MsgSummary {
                 ballot,
                 first_slot,
                 slots,
+                ..
             } => (
                 Some(*ballot),
                 span(slots.iter().map(|s| s.slot())),
@@ -63,6 +64,11 @@ impl MsgSummary {
                 last_slot,
             } => (None, Some((*first_slot, *last_slot, 0)), None),
             Message::Chosen { entries } => (None, span(entries.iter().map(|e| e.slot)), None),
+            Message::Snapshot { slot, offset, .. } => (
+                None,
+                span(std::iter::once(*slot)),
+                Some(("offset", *offset)),
+            ),
         };
         MsgSummary {
             kind: message.kind(),

@@ -1,0 +1,183 @@
+//! Snapshots in the driver: taking them every so many applied slots so the
+//! log can be compacted, sending them to peers that fell behind the
+//! compacted log, and reassembling the ones received.
+//!
+//! A snapshot is the state machine's bytes at an applied slot, kept in a
+//! [`SnapshotStore`] (checksummed, written atomically). It is sent in
+//! bounded chunks as [`Message::Snapshot`]; the receiver keeps one partial
+//! transfer per peer and restarts it when a chunk is missing, and the sender
+//! resends at most once per `resend_after`, when the peer asks again.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use storage::snapshot::SnapshotStore;
+use storage::StorageError;
+
+use crate::message::{Envelope, Message};
+use crate::types::{NodeId, Slot};
+
+/// Snapshot settings and state of one driver.
+#[derive(Debug)]
+pub(super) struct Snapshots {
+    store: SnapshotStore,
+    /// Take a snapshot once this many slots were applied since the last.
+    every_slots: u64,
+    chunk_bytes: usize,
+    /// Largest snapshot accepted from a peer.
+    bytes_max: u64,
+    resend_after: Duration,
+    /// The slot of the newest durable snapshot (0: none).
+    last_slot: Slot,
+    sent_at: BTreeMap<NodeId, Instant>,
+    incoming: BTreeMap<NodeId, Incoming>,
+}
+
+/// A snapshot's contents: the slot it covers and the state machine's bytes.
+pub(super) type SnapshotData = (Slot, Vec<u8>);
+
+/// A transfer being received.
+#[derive(Debug)]
+struct Incoming {
+    slot: Slot,
+    total_bytes: u64,
+    data: Vec<u8>,
+}
+
+impl Snapshots {
+    /// Opens the store and returns the newest valid snapshot's contents, for
+    /// the state machine to restore at start.
+    pub(super) fn open(
+        store: SnapshotStore,
+        every_slots: u64,
+        chunk_bytes: usize,
+        bytes_max: u64,
+        resend_after: Duration,
+    ) -> Result<(Snapshots, Option<SnapshotData>), StorageError> {
+        let latest = match store.latest_valid()? {
+            Some(info) => Some((info.index, read_all(&store, info.index)?)),
+            None => None,
+        };
+        let snapshots = Snapshots {
+            store,
+            every_slots,
+            chunk_bytes: chunk_bytes.max(1),
+            bytes_max,
+            resend_after,
+            last_slot: latest.as_ref().map_or(0, |(slot, _)| *slot),
+            sent_at: BTreeMap::new(),
+            incoming: BTreeMap::new(),
+        };
+        Ok((snapshots, latest))
+    }
+
+    /// Whether enough was applied since the last snapshot to take another.
+    pub(super) fn due(&self, applied: Slot) -> bool {
+        self.every_slots > 0 && applied >= self.last_slot + self.every_slots
+    }
+
+    /// Makes `data` the durable snapshot at `slot` and drops older ones.
+    pub(super) fn save(&mut self, slot: Slot, data: &[u8]) -> Result<(), StorageError> {
+        let mut writer = self.store.begin(slot, &[])?;
+        for chunk in data.chunks(self.chunk_bytes) {
+            writer.write_chunk(chunk)?;
+        }
+        writer.finish()?;
+        self.last_slot = slot;
+        self.store.remove_older_than(slot)?;
+        Ok(())
+    }
+
+    /// The chunks of the newest snapshot for `peer`, unless it was sent one
+    /// less than `resend_after` ago.
+    pub(super) fn chunks_for(
+        &mut self,
+        me: NodeId,
+        peer: NodeId,
+        now: Instant,
+    ) -> Result<Vec<Envelope>, StorageError> {
+        if self.last_slot == 0
+            || self
+                .sent_at
+                .get(&peer)
+                .is_some_and(|&at| now < at + self.resend_after)
+        {
+            return Ok(Vec::new());
+        }
+        self.sent_at.insert(peer, now);
+        let data = read_all(&self.store, self.last_slot)?;
+        let total_bytes = data.len() as u64;
+        let mut offset = 0u64;
+        let mut envelopes = Vec::new();
+        // An empty snapshot is still one (empty) chunk, so it completes.
+        for chunk in data
+            .chunks(self.chunk_bytes)
+            .chain(data.is_empty().then_some(&[][..]))
+        {
+            envelopes.push(Envelope {
+                from: me,
+                to: peer,
+                message: Message::Snapshot {
+                    slot: self.last_slot,
+                    offset,
+                    total_bytes,
+                    data: chunk.to_vec(),
+                },
+            });
+            offset += chunk.len() as u64;
+        }
+        Ok(envelopes)
+    }
+
+    /// Takes one received chunk; returns the whole snapshot once complete.
+    pub(super) fn receive(
+        &mut self,
+        from: NodeId,
+        slot: Slot,
+        offset: u64,
+        total_bytes: u64,
+        data: Vec<u8>,
+    ) -> Option<SnapshotData> {
+        if total_bytes > self.bytes_max || offset.saturating_add(data.len() as u64) > total_bytes {
+            return None;
+        }
+        if offset == 0 {
+            // A new transfer replaces whatever was partly received.
+            let capacity = usize::try_from(total_bytes).unwrap_or(0);
+            self.incoming.insert(
+                from,
+                Incoming {
+                    slot,
+                    total_bytes,
+                    data: Vec::with_capacity(capacity),
+                },
+            );
+        }
+        let incoming = self.incoming.get_mut(&from)?;
+        let in_sequence = incoming.slot == slot
+            && incoming.total_bytes == total_bytes
+            && incoming.data.len() as u64 == offset;
+        if !in_sequence {
+            // A chunk went missing: drop the transfer; the peer resends.
+            self.incoming.remove(&from);
+            return None;
+        }
+        incoming.data.extend_from_slice(&data);
+        if incoming.data.len() as u64 == total_bytes {
+            return self
+                .incoming
+                .remove(&from)
+                .map(|done| (done.slot, done.data));
+        }
+        None
+    }
+}
+
+fn read_all(store: &SnapshotStore, slot: Slot) -> Result<Vec<u8>, StorageError> {
+    let mut reader = store.open_snapshot(slot)?;
+    let mut data = Vec::new();
+    while let Some(chunk) = reader.next_chunk()? {
+        data.extend_from_slice(&chunk);
+    }
+    Ok(data)
+}
