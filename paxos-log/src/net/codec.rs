@@ -1,0 +1,150 @@
+//! Framing and serialization shared by the server and the client: tarpc's
+//! serde transport over a `LengthDelimitedCodec` with an explicit maximum
+//! frame length, and tokio-serde's `Bincode` with a byte limit, wrapped to
+//! check request deadlines before tarpc sees them.
+
+use std::io;
+use std::pin::{pin, Pin};
+use std::time::Duration;
+
+use bincode::config::{Bounded, WithOtherLimit};
+use bincode::{DefaultOptions, Options};
+use serde::{Deserialize, Serialize};
+use tarpc::serde_transport::{self, Transport};
+use tarpc::tokio_serde::formats::Bincode;
+use tarpc::tokio_serde::{Deserializer, Serializer};
+use tarpc::tokio_util::bytes::{Bytes, BytesMut};
+use tarpc::tokio_util::codec::LengthDelimitedCodec;
+use tokio::net::TcpStream;
+
+use crate::net::NetLimits;
+
+/// Bytes of a request frame beyond its envelopes: tarpc's request header
+/// (deadline, trace context, request id), the group id and the batch's
+/// length, with a wide margin.
+pub(crate) const REQUEST_OVERHEAD_BYTES: u64 = 1024;
+
+/// The bincode configuration on the wire: tokio-serde's default (varint
+/// integers, little endian, no trailing bytes) with a size limit.
+type WireOptions = WithOtherLimit<DefaultOptions, Bounded>;
+
+fn wire_options(limits: &NetLimits) -> WireOptions {
+    DefaultOptions::new().with_limit(u64::try_from(limits.max_frame_bytes).unwrap_or(u64::MAX))
+}
+
+/// Encoded size of `value` on the wire (without its frame's length).
+pub(crate) fn wire_size<T: Serialize>(value: &T) -> Option<u64> {
+    DefaultOptions::new().serialized_size(value).ok()
+}
+
+/// tokio-serde `Bincode` plus, on the server side, a check of the deadline
+/// of each incoming request.
+#[derive(Clone, Copy)]
+pub(crate) struct WireCodec {
+    options: WireOptions,
+    /// Refuse requests whose deadline is further away (server side).
+    max_deadline: Option<Duration>,
+}
+
+impl std::fmt::Debug for WireCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // bincode's options do not implement `Debug`.
+        f.debug_struct("WireCodec")
+            .field("max_deadline", &self.max_deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WireCodec {
+    /// The codec of a client: encodes requests, decodes responses.
+    pub(crate) fn client(limits: &NetLimits) -> WireCodec {
+        WireCodec {
+            options: wire_options(limits),
+            max_deadline: None,
+        }
+    }
+
+    /// The codec of a server: decodes requests (checking their deadline),
+    /// encodes responses.
+    pub(crate) fn server(limits: &NetLimits) -> WireCodec {
+        WireCodec {
+            options: wire_options(limits),
+            max_deadline: Some(limits.max_request_deadline),
+        }
+    }
+}
+
+/// The first fields of a bincode-encoded `tarpc::ClientMessage`: the
+/// variant (`Request` is 0, `Cancel` 1), then for a request the deadline
+/// (a `Duration`, relative to the sender's clock), the first field of its
+/// `Context`. Decoded alone so a deadline that would make tarpc panic is
+/// refused first. `tests/net.rs` sends such a request and checks it is
+/// refused without a panic, which also guards this mirror against a
+/// change of tarpc's format.
+#[derive(Deserialize)]
+enum ClientMessageHead {
+    Request(Duration),
+    Cancel,
+}
+
+fn check_deadline(src: &[u8], max: Duration) -> io::Result<()> {
+    let head: ClientMessageHead = DefaultOptions::new()
+        .allow_trailing_bytes()
+        .deserialize(src)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    match head {
+        ClientMessageHead::Request(deadline) if deadline > max => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "request deadline {} ms away exceeds the limit of {} ms",
+                deadline.as_millis(),
+                max.as_millis()
+            ),
+        )),
+        ClientMessageHead::Request(_) | ClientMessageHead::Cancel => Ok(()),
+    }
+}
+
+impl<Item> Deserializer<Item> for WireCodec
+where
+    Item: for<'de> Deserialize<'de>,
+{
+    type Error = io::Error;
+
+    fn deserialize(self: Pin<&mut Self>, src: &BytesMut) -> io::Result<Item> {
+        if let Some(max) = self.max_deadline {
+            check_deadline(src, max)?;
+        }
+        let mut inner = pin!(Bincode::<Item, (), WireOptions>::from(self.options));
+        inner.as_mut().deserialize(src)
+    }
+}
+
+impl<SinkItem> Serializer<SinkItem> for WireCodec
+where
+    SinkItem: Serialize,
+{
+    type Error = io::Error;
+
+    fn serialize(self: Pin<&mut Self>, item: &SinkItem) -> io::Result<Bytes> {
+        let mut inner = pin!(Bincode::<(), SinkItem, WireOptions>::from(self.options));
+        inner.as_mut().serialize(item)
+    }
+}
+
+/// Frames `stream` for tarpc: length-delimited with the frame limit, then
+/// bincode through `codec`.
+pub(crate) fn framed<Item, SinkItem>(
+    stream: TcpStream,
+    limits: &NetLimits,
+    codec: WireCodec,
+) -> Transport<TcpStream, Item, SinkItem, WireCodec>
+where
+    Item: for<'de> Deserialize<'de>,
+    SinkItem: Serialize,
+{
+    let framing = LengthDelimitedCodec::builder()
+        .max_frame_length(limits.max_frame_bytes)
+        .new_framed(stream);
+    serde_transport::new(framing, codec)
+}
