@@ -16,17 +16,27 @@ use crate::ready::PersistOp;
 use crate::types::{Ballot, NodeId, Slot};
 
 impl Replica {
+    /// The rule every message from a proposer goes through first: note its
+    /// ballot, and answer `Nack` (returning true) if it is below the
+    /// promise, so a stale proposer learns what to exceed.
+    pub(super) fn refuse_below_promise(&mut self, from: NodeId, ballot: Ballot) -> bool {
+        self.observe(ballot);
+        if ballot >= self.promised {
+            return false;
+        }
+        self.send(
+            from,
+            Message::Nack {
+                ballot,
+                promised: self.promised,
+            },
+        );
+        true
+    }
+
     /// Phase 1b.
     pub(super) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, first_slot: Slot) {
-        self.observe(ballot);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+        if self.refuse_below_promise(from, ballot) {
             return;
         }
         if ballot > self.promised {
@@ -76,15 +86,7 @@ impl Replica {
         entries: Vec<SlotValue>,
         commit_upto: Slot,
     ) {
-        self.observe(ballot);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+        if self.refuse_below_promise(from, ballot) {
             return;
         }
         // Accepting at a ballot promises it; the accept records carry it.

@@ -343,15 +343,7 @@ impl Replica {
         commit_upto: Slot,
         probe: u64,
     ) {
-        self.observe(ballot);
-        if ballot < self.promised {
-            self.send(
-                from,
-                Message::Nack {
-                    ballot,
-                    promised: self.promised,
-                },
-            );
+        if self.refuse_below_promise(from, ballot) {
             return;
         }
         self.heard_from_leader(ballot);
