@@ -317,7 +317,6 @@ impl<M: StateMachine> Node<M> {
         T: Transport + ?Sized,
     {
         let id = config.node_id;
-        let recovered = store.recover()?;
         let mut applied = state_machine.durable_slot();
         let snapshots = match snapshot_store {
             Some(snapshot_store) => {
@@ -328,16 +327,26 @@ impl<M: StateMachine> Node<M> {
                     options.snapshot_bytes_max,
                     options.snapshot_resend_after,
                 )?;
-                if let Some((slot, data)) = latest.filter(|(slot, _)| *slot > applied) {
-                    state_machine
-                        .restore(slot, &data)
-                        .map_err(StartError::Restore)?;
-                    applied = slot;
+                if let Some((slot, data)) = latest {
+                    // The core takes every slot between the store's
+                    // compaction point and `applied` from the store, which
+                    // holds the chosen values only for slots applied through
+                    // this replica's log. Slots covered by a snapshot may
+                    // not be (a crash between saving a received snapshot and
+                    // compacting below it), so compact below it first.
+                    store.compact(slot)?;
+                    if slot > applied {
+                        state_machine
+                            .restore(slot, &data)
+                            .map_err(StartError::Restore)?;
+                        applied = slot;
+                    }
                 }
                 Some(snapshots)
             }
             None => None,
         };
+        let recovered = store.recover()?;
         let replica = Replica::new(config, recovered, applied)?;
         let (inputs, receiver) = mpsc::sync_channel(options.queue_depth);
         let (metrics_tx, metrics) = watch::channel(NodeMetrics {
@@ -640,13 +649,19 @@ where
         if slot <= self.applied {
             return;
         }
-        if let Err(error) = self.state_machine.restore(slot, &data) {
-            warn!(%error, %from, slot, "state machine refused a snapshot");
-            return;
-        }
-        // Durable before the log below it is forgotten.
+        // Saved before the state machine moves: a state machine whose
+        // restore is durable at once must never be ahead of the snapshot
+        // file, which is what a restart compacts the store below.
         if let Err(error) = snapshots.save(slot, &data) {
             self.fatal = Some(format!("saving a received snapshot: {error}"));
+            return;
+        }
+        if let Err(error) = self.state_machine.restore(slot, &data) {
+            // The saved file is now ahead of the state machine; a restart
+            // would restore from it and fail the same way, loudly.
+            self.fatal = Some(format!(
+                "state machine refused a snapshot from {from}: {error}"
+            ));
             return;
         }
         self.applied = slot;

@@ -12,6 +12,11 @@ use crate::types::Slot;
 ///   no iteration over hash maps).
 /// * `durable_slot` must never exceed what survives a crash: after a
 ///   restart the log replays (or re-learns) every slot above it.
+/// * The durable slot may advance only by applying chosen commands through
+///   `apply`, or by `restore` of a snapshot the driver saved first. The
+///   core takes the values of slots between the acceptor store's compaction
+///   point and `durable_slot` from the store, which is right only for slots
+///   applied through this replica's log.
 pub trait StateMachine: Send + 'static {
     /// Applies the command chosen in `slot` and returns the answer for its
     /// proposer.

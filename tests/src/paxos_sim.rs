@@ -10,18 +10,33 @@
 //! out a `Ready` (so whatever was not persisted is lost), crashes of every
 //! replica at once, restarts whose state machine survived fully, partly or
 //! not at all, client proposals of unique commands, and linearizable reads.
+//! With snapshots ([`Scenario::snapshot_every`]) each replica also has a
+//! state machine (its applied log prefix) and a durable snapshot of it; it
+//! takes snapshots and compacts its log and acceptor store below them (every
+//! K applied slots, and at random moments), answers the `snapshot_requests`
+//! of its `Ready`s by sending its snapshot through the simulated network,
+//! and installs the snapshots it receives, as `paxos-log`'s driver does;
+//! long outages (a replica down or cut off for a long stretch) make replicas
+//! fall behind the others' compaction points.
 //! Nothing depends on wall time or hash order: a seed replays exactly.
 //!
 //! The invariants ([`Checker`], one method each) are checked after every
-//! `Ready` and every tick: agreement, validity, gap-free delivery,
-//! durability across crashes, read linearizability; and, once the faults
-//! stop, liveness (a leader is elected and a fresh proposal is chosen on
-//! every replica within `Scenario::liveness_ticks`). A violation comes back
+//! `Ready` and every tick: agreement, validity, gap-free delivery (also
+//! across an installed snapshot: delivery resumes right after its slot),
+//! durability across crashes (a compacted slot lives on in the state
+//! machine), read linearizability, state machine = chosen log prefix
+//! (after every snapshot install and restart, and at the end), compaction
+//! never beyond what was applied nor beyond the durable snapshot, and no
+//! candidate leading on a promise that compacted its first open slot; and,
+//! once the faults stop, liveness (a leader is elected and a fresh proposal
+//! is chosen on every replica within `Scenario::liveness_ticks`, also for
+//! replicas that only a snapshot can bring back). A violation comes back
 //! as a [`Violation`] whose report holds the seed, the scenario, the
 //! invariant, the last events and the command that replays it:
 //!
 //! ```text
-//! SIM_SEED=1234 cargo test -p tests --test paxos_sim -- --exact lossy_network --nocapture
+//! SIM_SEED=1234 cargo test -p tests --test paxos_sim -- \
+//!     --include-ignored --exact lossy_network --nocapture
 //! ```
 //!
 //! `SIM_SEED` runs that one seed, `SIM_SEEDS` changes how many seeds a suite
@@ -32,6 +47,7 @@ mod network;
 mod rng;
 mod scenario;
 mod sim;
+mod state_machine;
 mod trace;
 
 use std::env;

@@ -27,6 +27,13 @@ pub enum Invariant {
     Durability,
     /// A read that would miss a write reported chosen before it started.
     ReadLinearizability,
+    /// A state machine (applied, restored from its own snapshot after a
+    /// restart, or installed from a peer's snapshot) that differs from the
+    /// chosen log prefix.
+    StateMachine,
+    /// A log or store compacted beyond what the state machine applied, or
+    /// beyond the durable snapshot that covers it.
+    Compaction,
     /// No leader, or no fresh proposal chosen everywhere, after healing.
     Liveness,
     /// The core itself panicked (an internal assertion, or worse).
@@ -41,6 +48,8 @@ impl fmt::Display for Invariant {
             Invariant::Contiguity => "contiguity (gap-free delivery)",
             Invariant::Durability => "durability",
             Invariant::ReadLinearizability => "read linearizability",
+            Invariant::StateMachine => "state machine = chosen prefix",
+            Invariant::Compaction => "compaction covered by applied state and a durable snapshot",
             Invariant::Liveness => "liveness",
             Invariant::CorePanic => "core panic",
         })
@@ -340,6 +349,82 @@ impl Checker {
                     ))
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// **State machine**: the state machine (or snapshot) `what` of `node`,
+    /// which claims slots `1..=upto` applied, holds for each the value
+    /// reported chosen; `value_of` gives its values. Every slot any state
+    /// machine holds was handed out as chosen by some replica (or came in a
+    /// snapshot, itself checked), so a slot no one reported is a violation
+    /// too.
+    pub fn check_state_machine<'a>(
+        &self,
+        node: NodeId,
+        what: &str,
+        upto: Slot,
+        value_of: impl Fn(Slot) -> Option<&'a Value>,
+    ) -> Result<(), InvariantError> {
+        for slot in 1..=upto {
+            let held = value_of(slot);
+            let record = self.chosen.get(&slot);
+            let ok = matches!((held, record), (Some(held), Some(record)) if *held == record.value);
+            if ok {
+                continue;
+            }
+            let held = held.map_or("nothing".to_string(), short_value);
+            let detail = match record {
+                Some(record) => format!(
+                    "{node} {what} (slots 1..={upto}): slot {slot} holds {held}, but {} \
+                     reported {} chosen at tick {}",
+                    record.by,
+                    short_value(&record.value),
+                    record.tick
+                ),
+                None => format!(
+                    "{node} {what} (slots 1..={upto}): slot {slot} holds {held}, but no \
+                     replica ever reported slot {slot} chosen"
+                ),
+            };
+            return Err(InvariantError::new(Invariant::StateMachine, detail));
+        }
+        Ok(())
+    }
+
+    /// **Compaction**: `node` compacted its log (`log_start`, for a running
+    /// replica) and its acceptor store (`store_compacted_upto`) only below
+    /// what its state machine applied and what its durable snapshot covers,
+    /// so that a restart finds every forgotten slot in the snapshot and a
+    /// peer asking for them can be sent it.
+    pub fn check_compaction(
+        node: NodeId,
+        log_start: Option<Slot>,
+        applied_upto: Slot,
+        snapshot_slot: Slot,
+        store_compacted_upto: Slot,
+    ) -> Result<(), InvariantError> {
+        let broken = |detail: String| Err(InvariantError::new(Invariant::Compaction, detail));
+        if let Some(log_start) = log_start {
+            let compacted = log_start.saturating_sub(1);
+            if compacted > applied_upto {
+                return broken(format!(
+                    "{node} compacted its log up to slot {compacted} but applied only up to \
+                     {applied_upto}"
+                ));
+            }
+            if compacted > snapshot_slot {
+                return broken(format!(
+                    "{node} compacted its log up to slot {compacted} but its durable snapshot \
+                     covers only up to {snapshot_slot}"
+                ));
+            }
+        }
+        if store_compacted_upto > snapshot_slot {
+            return broken(format!(
+                "{node} compacted its acceptor store up to slot {store_compacted_upto} but its \
+                 durable snapshot covers only up to {snapshot_slot} (a restart would lose slots)"
+            ));
         }
         Ok(())
     }

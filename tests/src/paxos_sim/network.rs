@@ -1,17 +1,26 @@
 //! The simulated network and disk: one timed event queue, and the set of
-//! cut links.
+//! cut links and isolated replicas.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use paxos_log::{Envelope, NodeId};
 
 use super::rng::SimRng;
+use super::state_machine::Snapshot;
 
 /// Something due at a tick.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Event {
     /// A message arrives.
     Deliver(Envelope),
+    /// A state machine snapshot sent by the driver of `from` arrives (the
+    /// real driver streams it as `Message::Snapshot` chunks; the simulation
+    /// moves it whole, so a lost chunk is a lost snapshot).
+    Snapshot {
+        from: NodeId,
+        to: NodeId,
+        snapshot: Snapshot,
+    },
     /// The persist of the `Ready` a replica incarnation took completes.
     DiskDone { node: NodeId, incarnation: u64 },
 }
@@ -44,23 +53,60 @@ impl EventQueue {
     }
 }
 
-/// Which directed links are cut.
+/// Which directed links are cut, and which replicas are cut off from
+/// everyone for a long stretch.
 #[derive(Debug, Default)]
 pub(crate) struct Links {
     cut: BTreeSet<(NodeId, NodeId)>,
+    /// Replicas isolated both ways, until the tick given.
+    isolated: BTreeMap<NodeId, u64>,
 }
 
 impl Links {
     pub(crate) fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
-        !self.cut.is_empty() && self.cut.contains(&(from, to))
+        (!self.cut.is_empty() && self.cut.contains(&(from, to)))
+            || (!self.isolated.is_empty()
+                && (self.isolated.contains_key(&from) || self.isolated.contains_key(&to)))
     }
 
+    /// Whether a partition or a link cut is in force (long isolations do
+    /// not count: they end on their own).
     pub(crate) fn is_split(&self) -> bool {
         !self.cut.is_empty()
     }
 
+    /// Ends the partition or link cut in force (not the long isolations).
     pub(crate) fn heal(&mut self) {
         self.cut.clear();
+    }
+
+    /// Ends every cut and every isolation.
+    pub(crate) fn heal_all(&mut self) {
+        self.cut.clear();
+        self.isolated.clear();
+    }
+
+    /// Cuts `node` off from everyone, both ways, until tick `until`.
+    pub(crate) fn isolate(&mut self, node: NodeId, until: u64) {
+        self.isolated.insert(node, until);
+    }
+
+    pub(crate) fn is_isolated(&self, node: NodeId) -> bool {
+        self.isolated.contains_key(&node)
+    }
+
+    /// Ends the isolations due by `now`; returns the replicas reconnected.
+    pub(crate) fn end_isolations(&mut self, now: u64) -> Vec<NodeId> {
+        let due: Vec<NodeId> = self
+            .isolated
+            .iter()
+            .filter(|(_, &until)| until <= now)
+            .map(|(&node, _)| node)
+            .collect();
+        for node in &due {
+            self.isolated.remove(node);
+        }
+        due
     }
 
     /// Cuts the link between two distinct random members, both ways.

@@ -16,6 +16,10 @@ pub enum Corruption {
         /// for none).
         spare: NodeId,
     },
+    /// The network changes the value of one random slot of every snapshot
+    /// it delivers (into a command no client proposed), so the receiver
+    /// installs a state machine that differs from the chosen log.
+    CorruptSnapshots,
 }
 
 /// The fault rates, client load and core settings of one simulation run.
@@ -87,7 +91,51 @@ pub struct Scenario {
     pub state_machine_lost_rate: f64,
     /// Per restart (when not lost): the state machine kept only a random
     /// prefix of what it applied (it is flushed lazily).
+    ///
+    /// With snapshots, a state machine is never lost below its durable
+    /// snapshot: a lost one restarts from the snapshot, a partly lost one
+    /// keeps a prefix at least that long. (A real node whose snapshot is
+    /// lost while its log is compacted cannot restart at all, so the
+    /// simulation does not model snapshot loss.)
     pub state_machine_partial_rate: f64,
+
+    // --- snapshots and log compaction ---
+    /// Each replica takes a snapshot of its state machine, saves it
+    /// durably, then compacts its log (`Replica::compact`) and acceptor
+    /// store (`AcceptorStore::compact`) below it, every K applied slots;
+    /// K is drawn per run from this range. `None`: never (no snapshot is
+    /// then ever taken, sent or installed).
+    pub snapshot_every: Option<(u64, u64)>,
+    /// Per tick and running replica: take a snapshot now, at whatever it
+    /// applied, even with a `Ready` in flight (compaction at random
+    /// moments).
+    pub snapshot_random_rate: f64,
+    /// Of the snapshots: the share that compacts the log only up to a
+    /// random slot between the previous compaction point and the snapshot
+    /// (keeping a tail that peers can still catch up from).
+    pub compact_partial_fraction: f64,
+    /// A replica sends its snapshot to the same peer at most once per this
+    /// many ticks, however often the peer asks (`snapshot_resend_after`).
+    pub snapshot_resend_ticks: u64,
+    /// Per snapshot taken: crash right after it is durable, before the log
+    /// and store are compacted below it.
+    pub crash_in_snapshot_rate: f64,
+    /// Per snapshot received and installed: crash right after the state
+    /// machine is restored from it and it is saved durably, before
+    /// `install_snapshot` and the store's compaction (a point of the real
+    /// driver's `receive_snapshot`; a torn store compaction leaves the same
+    /// state). `compaction_crash_before_install_snapshot` drives it hard;
+    /// it is the regression test of the bug this crash point found.
+    pub crash_in_install_rate: f64,
+    /// Per tick: one replica goes away for a long stretch (crashed, or cut
+    /// off from everyone both ways), so that it falls behind the others'
+    /// compaction points; at most a minority at once.
+    pub long_outage_rate: f64,
+    /// A long outage lasts `[low, high]` ticks.
+    pub long_outage_ticks: (u64, u64),
+    /// Of the long outages: the share that isolates the replica on the
+    /// network (it keeps running, and may campaign) instead of crashing it.
+    pub long_outage_isolate_fraction: f64,
 
     // --- clients ---
     /// Per tick while the faults last: a client sends a burst of new
@@ -153,6 +201,15 @@ impl Scenario {
             quick_restart_fraction: 0.0,
             state_machine_lost_rate: 0.0,
             state_machine_partial_rate: 0.0,
+            snapshot_every: None,
+            snapshot_random_rate: 0.0,
+            compact_partial_fraction: 0.0,
+            snapshot_resend_ticks: 5,
+            crash_in_snapshot_rate: 0.0,
+            crash_in_install_rate: 0.0,
+            long_outage_rate: 0.0,
+            long_outage_ticks: (100, 200),
+            long_outage_isolate_fraction: 0.0,
             propose_rate: 0.3,
             propose_burst_max: 4,
             misdirect_rate: 0.1,
@@ -337,6 +394,102 @@ impl Scenario {
             read_rate: 0.2,
             vary_core_settings: true,
             ..Scenario::quiet("mixed_faults", 3)
+        }
+    }
+
+    /// Three replicas that take snapshots and compact their logs often,
+    /// under crashes (some while snapshotting), loss and partitions, while
+    /// one replica at a time is kept down or cut off for long stretches, so
+    /// it falls behind the others' compaction points and can only come back
+    /// through a snapshot (or, when it campaigns, is refused leadership by a
+    /// compacted promise).
+    pub fn compaction_and_snapshots() -> Scenario {
+        Scenario {
+            fault_ticks: 800,
+            drop_rate: 0.05,
+            duplicate_rate: 0.03,
+            delay_max_ticks: 3,
+            reorder_rate: 0.03,
+            reorder_delay_max_ticks: 20,
+            partition_rate: 0.01,
+            one_way_fraction: 0.5,
+            link_cut_fraction: 0.3,
+            heal_rate: 0.05,
+            disk_delay_max_ticks: 2,
+            crash_rate: 0.006,
+            crash_in_ready_rate: 0.003,
+            crash_in_election_rate: 0.05,
+            crash_all_rate: 0.002,
+            down_ticks_max: 30,
+            quick_restart_fraction: 0.3,
+            state_machine_lost_rate: 0.3,
+            state_machine_partial_rate: 0.3,
+            snapshot_every: Some((5, 40)),
+            snapshot_random_rate: 0.005,
+            compact_partial_fraction: 0.3,
+            crash_in_snapshot_rate: 0.03,
+            crash_in_install_rate: 0.05,
+            long_outage_rate: 0.01,
+            long_outage_ticks: (60, 200),
+            long_outage_isolate_fraction: 0.5,
+            propose_rate: 0.4,
+            read_rate: 0.2,
+            ..Scenario::quiet("compaction_and_snapshots", 3)
+        }
+    }
+
+    /// Five replicas, every fault, and snapshots with compaction (two
+    /// replicas may be away for long stretches at once).
+    pub fn compaction_five_replicas_mixed() -> Scenario {
+        Scenario {
+            fault_ticks: 800,
+            drop_rate: 0.08,
+            duplicate_rate: 0.05,
+            delay_max_ticks: 4,
+            reorder_rate: 0.05,
+            reorder_delay_max_ticks: 25,
+            partition_rate: 0.02,
+            one_way_fraction: 0.4,
+            link_cut_fraction: 0.3,
+            heal_rate: 0.04,
+            disk_delay_max_ticks: 2,
+            crash_rate: 0.01,
+            crash_in_ready_rate: 0.002,
+            crash_in_election_rate: 0.05,
+            crash_all_rate: 0.002,
+            down_ticks_max: 40,
+            quick_restart_fraction: 0.3,
+            state_machine_lost_rate: 0.2,
+            state_machine_partial_rate: 0.3,
+            snapshot_every: Some((5, 40)),
+            snapshot_random_rate: 0.003,
+            compact_partial_fraction: 0.3,
+            crash_in_snapshot_rate: 0.03,
+            crash_in_install_rate: 0.05,
+            long_outage_rate: 0.01,
+            long_outage_ticks: (60, 200),
+            long_outage_isolate_fraction: 0.5,
+            propose_rate: 0.4,
+            read_rate: 0.2,
+            vary_core_settings: true,
+            ..Scenario::quiet("compaction_five_replicas_mixed", 5)
+        }
+    }
+
+    /// The long soak's mixture ([`Scenario::mixed_faults`]) with snapshots,
+    /// compaction and long outages.
+    pub fn compaction_mixed_faults() -> Scenario {
+        Scenario {
+            name: "compaction_mixed_faults",
+            snapshot_every: Some((5, 40)),
+            snapshot_random_rate: 0.004,
+            compact_partial_fraction: 0.3,
+            crash_in_snapshot_rate: 0.03,
+            crash_in_install_rate: 0.05,
+            long_outage_rate: 0.008,
+            long_outage_ticks: (60, 200),
+            long_outage_isolate_fraction: 0.5,
+            ..Scenario::mixed_faults()
         }
     }
 }

@@ -7,6 +7,17 @@
 //! later (inputs keep arriving meanwhile), then the persisted messages are
 //! sent, the chosen entries applied, the reads released, and `advance`
 //! called. A crash can hit anywhere in that sequence.
+//!
+//! With snapshots ([`Scenario::snapshot_every`]), each replica also models
+//! its state machine (the applied prefix) and a durable snapshot of it, as
+//! `paxos-log`'s driver does: after a `Ready`, every K applied slots, it
+//! saves a snapshot, then compacts the core and the acceptor store below
+//! it; it sends its snapshot, through the simulated network, to the peers a
+//! `Ready` lists in `snapshot_requests`; and a replica that receives one
+//! beyond what it applied restores its state machine from it, saves it,
+//! calls `install_snapshot` and compacts its store (`snapshots.rs`).
+
+mod snapshots;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -21,6 +32,7 @@ use super::invariants::{Checker, Invariant, InvariantError};
 use super::network::{Event, EventQueue, Links};
 use super::rng::{hash_name, mix, SimRng};
 use super::scenario::{Corruption, Scenario};
+use super::state_machine::{Snapshot, StateMachine};
 use super::trace::{short_value, MsgSummary, Trace, TraceEvent};
 use super::{command, FORGED_COMMAND};
 
@@ -79,7 +91,8 @@ pub struct RunStats {
     pub crash_all: u64,
     /// Restarts.
     pub restarts: u64,
-    /// Restarts whose state machine was lost (`applied_upto` 0).
+    /// Restarts whose state machine was lost (restored from the durable
+    /// snapshot, or from nothing: `applied_upto` 0).
     pub state_machine_lost: u64,
     /// Restarts whose state machine kept only part of what it applied.
     pub state_machine_partial: u64,
@@ -93,6 +106,45 @@ pub struct RunStats {
     pub reads_served: u64,
     /// `Accept`s the test-only corruption rewrote.
     pub forged: u64,
+    /// Snapshots taken (each followed by a compaction of log and store).
+    pub snapshots_taken: u64,
+    /// Peers listed in `Ready::snapshot_requests`.
+    pub snapshot_requests: u64,
+    /// Snapshots sent to a peer (resends included).
+    pub snapshots_sent: u64,
+    /// Snapshots that arrived at a running replica.
+    pub snapshots_delivered: u64,
+    /// Of those: not beyond what the replica had applied (ignored).
+    pub snapshots_stale: u64,
+    /// Of those: arrived while a `Ready` was in flight, installed after it.
+    pub snapshots_deferred: u64,
+    /// Snapshots installed (`install_snapshot`).
+    pub snapshots_installed: u64,
+    /// Snapshots the test-only corruption damaged.
+    pub snapshots_corrupted: u64,
+    /// Crashes right after a snapshot was made durable, before compacting.
+    pub crashes_in_snapshot: u64,
+    /// Restarts whose state machine was lost and restored from the durable
+    /// snapshot (slot > 0).
+    pub restarts_from_snapshot: u64,
+    /// Highest compaction point of any replica's log (a maximum).
+    pub max_compacted: u64,
+    /// Promises delivered to a candidate of their ballot whose promiser had
+    /// compacted the candidate's first open slot.
+    pub compacted_promises: u64,
+    /// Candidates that stepped down on such a promise (and asked to catch
+    /// up instead of leading).
+    pub compacted_stepdowns: u64,
+    /// Replicas taken away for a long stretch (crashed or isolated).
+    pub long_outages: u64,
+    /// Snapshots installed by a replica that was leader or candidate.
+    pub snapshots_installed_not_follower: u64,
+    /// Replicas that, when the faults stopped, had applied less than
+    /// another replica had compacted (only a snapshot could bring them
+    /// back).
+    pub behind_compaction_at_heal: u64,
+    /// Snapshots installed after the faults stopped (during recovery).
+    pub snapshots_installed_in_recovery: u64,
 }
 
 impl RunStats {
@@ -108,6 +160,8 @@ impl RunStats {
             + self.crashes
             + self.crashes_in_ready
             + self.crash_all
+            + self.crashes_in_snapshot
+            + self.long_outages
     }
 
     /// Adds `other` to these totals (`heal_ticks` keeps the maximum).
@@ -141,6 +195,23 @@ impl RunStats {
         self.reads_released += other.reads_released;
         self.reads_served += other.reads_served;
         self.forged += other.forged;
+        self.snapshots_taken += other.snapshots_taken;
+        self.snapshot_requests += other.snapshot_requests;
+        self.snapshots_sent += other.snapshots_sent;
+        self.snapshots_delivered += other.snapshots_delivered;
+        self.snapshots_stale += other.snapshots_stale;
+        self.snapshots_deferred += other.snapshots_deferred;
+        self.snapshots_installed += other.snapshots_installed;
+        self.snapshots_corrupted += other.snapshots_corrupted;
+        self.crashes_in_snapshot += other.crashes_in_snapshot;
+        self.restarts_from_snapshot += other.restarts_from_snapshot;
+        self.max_compacted = self.max_compacted.max(other.max_compacted);
+        self.compacted_promises += other.compacted_promises;
+        self.compacted_stepdowns += other.compacted_stepdowns;
+        self.long_outages += other.long_outages;
+        self.snapshots_installed_not_follower += other.snapshots_installed_not_follower;
+        self.behind_compaction_at_heal += other.behind_compaction_at_heal;
+        self.snapshots_installed_in_recovery += other.snapshots_installed_in_recovery;
     }
 }
 
@@ -184,7 +255,38 @@ impl fmt::Display for RunStats {
             self.reads_released,
             self.reads_served,
             self.heal_ticks,
-        )
+        )?;
+        if self.snapshots_taken + self.long_outages > 0 {
+            write!(
+                f,
+                "; snapshots: {} taken, {} requested, {} sent, {} delivered ({} stale, {} \
+                 deferred past a Ready), {} installed, {} restarts from a snapshot, {} crashes \
+                 while snapshotting, highest compaction point {}; {} promises beyond a \
+                 candidate's compaction point, {} candidates stepped down on one; {} long \
+                 outages; {} installed by a leader or candidate; recovery: {} replicas behind \
+                 another's compaction point when the faults stopped, {} snapshots installed",
+                self.snapshots_taken,
+                self.snapshot_requests,
+                self.snapshots_sent,
+                self.snapshots_delivered,
+                self.snapshots_stale,
+                self.snapshots_deferred,
+                self.snapshots_installed,
+                self.restarts_from_snapshot,
+                self.crashes_in_snapshot,
+                self.max_compacted,
+                self.compacted_promises,
+                self.compacted_stepdowns,
+                self.long_outages,
+                self.snapshots_installed_not_follower,
+                self.behind_compaction_at_heal,
+                self.snapshots_installed_in_recovery,
+            )?;
+        }
+        if self.snapshots_corrupted > 0 {
+            write!(f, "; {} snapshots CORRUPTED", self.snapshots_corrupted)?;
+        }
+        Ok(())
     }
 }
 
@@ -209,7 +311,8 @@ impl Violation {
     /// The command that replays this run alone, for suite test `test_name`.
     pub fn replay_command(&self, test_name: &str) -> String {
         format!(
-            "SIM_SEED={} cargo test -p tests --test paxos_sim -- --exact {test_name} --nocapture",
+            "SIM_SEED={} cargo test -p tests --test paxos_sim -- --include-ignored \
+             --exact {test_name} --nocapture",
             self.seed
         )
     }
@@ -370,15 +473,27 @@ struct InFlight {
 }
 
 /// One simulated machine: the replica (when running), its durable acceptor
-/// store and its state machine.
+/// store, its state machine and its durable snapshot.
 #[derive(Debug)]
 struct Node {
     replica: Option<Replica>,
     /// Bumped at every crash; stale disk completions are ignored.
     incarnation: u64,
     store: MemAcceptorStore,
-    /// The state machine has applied every slot up to here.
-    applied_upto: Slot,
+    /// The state machine: every slot applied, up to `sm.applied_upto()`.
+    sm: StateMachine,
+    /// The newest durable snapshot (survives crashes; slot 0: none).
+    snapshot: Snapshot,
+    /// Take the next snapshot once the state machine applied this far.
+    snapshot_due: Slot,
+    /// A snapshot that arrived while a `Ready` was in flight, with its
+    /// sender: installed once that `Ready` is carried out (the real driver
+    /// handles inputs between `Ready`s, never in the middle of one).
+    pending_snapshot: Option<(NodeId, Snapshot)>,
+    /// When this incarnation last sent its snapshot to each peer.
+    snapshot_sent_at: BTreeMap<NodeId, u64>,
+    /// Down for a long outage (not a short crash).
+    long_down: bool,
     in_flight: Option<InFlight>,
     /// When down: the tick to restart at.
     down_until: u64,
@@ -425,6 +540,11 @@ struct Sim {
     fault_rng: SimRng,
     client_rng: SimRng,
     disk_rng: SimRng,
+    /// Snapshot timing and compaction points (forked last, so that a
+    /// scenario without snapshots replays exactly as before they existed).
+    snap_rng: SimRng,
+    /// K: a snapshot every this many applied slots (0: never).
+    snapshot_every: u64,
     queue: EventQueue,
     links: Links,
     faults_active: bool,
@@ -456,7 +576,12 @@ impl Sim {
                         replica: None,
                         incarnation: 0,
                         store: MemAcceptorStore::new(),
-                        applied_upto: 0,
+                        sm: StateMachine::default(),
+                        snapshot: Snapshot::default(),
+                        snapshot_due: 0,
+                        pending_snapshot: None,
+                        snapshot_sent_at: BTreeMap::new(),
+                        long_down: false,
                         in_flight: None,
                         down_until: 0,
                         waiting_reads: Vec::new(),
@@ -467,15 +592,30 @@ impl Sim {
                 )
             })
             .collect();
+        let config_seed = root.next_u64();
+        let net_rng = root.fork();
+        let fault_rng = root.fork();
+        let client_rng = root.fork();
+        let disk_rng = root.fork();
+        let mut snap_rng = root.fork();
+        let snapshot_every = scenario.snapshot_every.map_or(0, |(low, high)| {
+            snap_rng.between(low.max(1), high.max(low.max(1)))
+        });
+        let mut nodes: BTreeMap<NodeId, Node> = nodes;
+        for node in nodes.values_mut() {
+            node.snapshot_due = snapshot_every;
+        }
         Sim {
             now: 0,
             members,
             nodes,
-            config_seed: root.next_u64(),
-            net_rng: root.fork(),
-            fault_rng: root.fork(),
-            client_rng: root.fork(),
-            disk_rng: root.fork(),
+            config_seed,
+            net_rng,
+            fault_rng,
+            client_rng,
+            disk_rng,
+            snap_rng,
+            snapshot_every,
             queue: EventQueue::default(),
             links: Links::default(),
             faults_active: true,
@@ -554,10 +694,14 @@ impl Sim {
                 self.pump(id)?;
             }
         }
+        self.random_snapshots()?;
         while let Some(event) = self.queue.pop_due(self.now) {
             match event {
                 Event::Deliver(envelope) => self.deliver(envelope)?,
                 Event::DiskDone { node, incarnation } => self.disk_done(node, incarnation)?,
+                Event::Snapshot { from, to, snapshot } => {
+                    self.deliver_snapshot(from, to, snapshot)?;
+                }
             }
         }
         self.check_logs()
@@ -568,6 +712,13 @@ impl Sim {
     }
 
     fn inject_faults(&mut self) {
+        for id in self.links.end_isolations(self.now) {
+            self.trace.push(
+                self.now,
+                TraceEvent::Network(format!("long isolation of {id} ends")),
+            );
+        }
+        self.long_outage();
         let scenario = &self.scenario;
         if self.links.is_split() {
             if self.fault_rng.chance(scenario.heal_rate) {
@@ -623,14 +774,33 @@ impl Sim {
         config.inflight_slots_max = scenario.inflight_slots_max;
         config.message_slots_max = scenario.message_slots_max;
         config.pending_commands_max = scenario.pending_commands_max;
+        // As the real driver at start: slots covered by the durable snapshot
+        // are compacted out of the acceptor store before the core starts,
+        // so a stale accept there can never be taken for the chosen value
+        // (a crash may fall between saving a received snapshot and
+        // compacting below it).
+        let snapshot_slot = node.snapshot.slot();
+        node.store
+            .compact(snapshot_slot)
+            .expect("MemAcceptorStore::compact cannot fail");
         let recovered = node
             .store
             .recover()
             .expect("MemAcceptorStore::recover cannot fail");
-        let replica = Replica::new(config, recovered, node.applied_upto)
+        let applied_upto = node.sm.applied_upto();
+        // The core cannot start with its log compacted beyond its state
+        // machine (it would have neither the slots nor their effects).
+        Checker::check_compaction(
+            id,
+            Some(recovered.compacted_upto + 1),
+            applied_upto,
+            node.snapshot.slot(),
+            recovered.compacted_upto,
+        )?;
+        let replica = Replica::new(config, recovered, applied_upto)
             .expect("the simulation's configuration is valid");
         node.replica = Some(replica);
-        node.emitted_upto = node.applied_upto;
+        node.emitted_upto = applied_upto;
         // Re-check the whole log this incarnation starts from.
         node.checked_upto = 0;
         node.last_role = None;
@@ -647,11 +817,19 @@ impl Sim {
             self.scenario.down_ticks_max.max(1)
         };
         let down_ticks = self.fault_rng.between(1, down_ticks_max);
+        self.crash_for(id, point, down_ticks);
+    }
+
+    /// [`Sim::crash`] for exactly `down_ticks`.
+    fn crash_for(&mut self, id: NodeId, point: &'static str, down_ticks: u64) {
         let node = self.nodes.get_mut(&id).expect("member");
         node.replica = None;
         node.in_flight = None;
         node.incarnation += 1;
         node.waiting_reads.clear();
+        node.pending_snapshot = None;
+        node.snapshot_sent_at.clear();
+        node.long_down = false;
         node.down_until = self.now + down_ticks;
         node.last_role = None;
         self.trace
@@ -660,24 +838,43 @@ impl Sim {
 
     /// Rebuilds the replica from its store and from what its state machine
     /// kept: everything it applied, nothing (lost), or a prefix (flushed
-    /// lazily).
+    /// lazily). A state machine never goes below its durable snapshot: a
+    /// lost one is restored from the snapshot (as the real driver does
+    /// before the core starts), a partial one keeps at least that much.
     fn restart(&mut self, id: NodeId) -> Step {
-        let applied_before = self.nodes[&id].applied_upto;
-        let applied_upto = if self.fault_rng.chance(self.scenario.state_machine_lost_rate) {
+        let applied_before = self.nodes[&id].sm.applied_upto();
+        let snapshot_slot = self.nodes[&id].snapshot.slot();
+        let lost = self.fault_rng.chance(self.scenario.state_machine_lost_rate);
+        let applied_upto = if lost {
             self.stats.state_machine_lost += 1;
-            0
+            snapshot_slot
         } else if self
             .fault_rng
             .chance(self.scenario.state_machine_partial_rate)
         {
             self.stats.state_machine_partial += 1;
-            self.fault_rng.between(0, applied_before)
+            self.fault_rng
+                .between(snapshot_slot.min(applied_before), applied_before)
         } else {
             applied_before
         };
         self.stats.restarts += 1;
         let node = self.nodes.get_mut(&id).expect("member");
-        node.applied_upto = applied_upto;
+        node.long_down = false;
+        if lost {
+            // Restored from the durable snapshot alone.
+            node.sm.restore(&node.snapshot);
+            if snapshot_slot > 0 {
+                self.stats.restarts_from_snapshot += 1;
+            }
+        } else {
+            node.sm.truncate(applied_upto);
+        }
+        // As the real driver: the next snapshot is due K slots after the
+        // newest durable one.
+        if self.snapshot_every > 0 {
+            node.snapshot_due = snapshot_slot + self.snapshot_every;
+        }
         let disk = node.store.state();
         self.trace.push(
             self.now,
@@ -688,8 +885,20 @@ impl Sim {
                 promised: disk.promised,
                 accepted: disk.accepted.len(),
                 chosen: disk.chosen.len(),
+                snapshot: snapshot_slot,
+                compacted: disk.compacted_upto,
             },
         );
+        // What the state machine restarts with must be the chosen prefix
+        // (it is the snapshot itself when the rest was lost).
+        let node = &self.nodes[&id];
+        let what = if lost {
+            "state machine restored from its durable snapshot after a restart"
+        } else {
+            "state machine kept across a restart"
+        };
+        self.checker
+            .check_state_machine(id, what, node.sm.applied_upto(), |slot| node.sm.value(slot))?;
         self.start_replica(id)
     }
 
@@ -802,6 +1011,7 @@ impl Sim {
                 persisted_messages: ready.persisted_messages.len(),
                 chosen,
                 reads: ready.reads.len(),
+                snapshot_requests: ready.snapshot_requests.len(),
                 disk_ticks,
                 crash_point: crash.map(CrashPoint::describe),
             },
@@ -812,6 +1022,12 @@ impl Sim {
         }
         for envelope in ready.messages {
             self.send(envelope);
+        }
+        // Snapshots go out with the messages: they do not depend on this
+        // `Ready`'s persist (the snapshot sent is the newest durable one).
+        for peer in ready.snapshot_requests {
+            self.stats.snapshot_requests += 1;
+            self.send_snapshot(id, peer);
         }
         if crash == Some(CrashPoint::AfterSend) {
             self.crash_in_ready(id, CrashPoint::AfterSend);
@@ -896,24 +1112,56 @@ impl Sim {
             _ => None,
         };
         let node = self.nodes.get_mut(&id).expect("member");
-        for (i, entry) in flight.chosen.iter().enumerate() {
+        for (i, entry) in flight.chosen.into_iter().enumerate() {
             if crash_at == Some(i) {
                 self.crash_in_ready(id, CrashPoint::MidApply);
                 return Ok(());
             }
-            if entry.slot != node.applied_upto + 1 {
+            if entry.slot != node.sm.applied_upto() + 1 {
                 return Err(InvariantError::new(
                     Invariant::Contiguity,
                     format!(
                         "{id} applies slot {} after slot {}",
-                        entry.slot, node.applied_upto
+                        entry.slot,
+                        node.sm.applied_upto()
                     ),
                 ));
             }
-            node.applied_upto = entry.slot;
+            node.sm.apply(entry.value);
         }
         node.waiting_reads.extend(flight.reads);
-        let applied = node.applied_upto;
+        self.serve_reads(id);
+        if matches!(
+            crash,
+            Some(CrashPoint::BeforeAdvance | CrashPoint::MidApply)
+        ) {
+            self.crash_in_ready(id, CrashPoint::BeforeAdvance);
+            return Ok(());
+        }
+        if let Some(replica) = self.replica(id) {
+            replica.advance();
+        }
+        self.observe(id);
+        // Between `Ready`s, as the real driver: a snapshot that arrived
+        // meanwhile is installed, and one is taken if due.
+        if let Some((from, snapshot)) = self
+            .nodes
+            .get_mut(&id)
+            .and_then(|n| n.pending_snapshot.take())
+        {
+            self.install_snapshot(id, from, snapshot)?;
+        }
+        if self.nodes[&id].replica.is_some() {
+            self.maybe_take_snapshot(id, false)?;
+        }
+        self.pump(id)
+    }
+
+    /// Serves the released reads of `id` whose slot its state machine
+    /// reached.
+    fn serve_reads(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("member");
+        let applied = node.sm.applied_upto();
         let mut served = Vec::new();
         node.waiting_reads.retain(|read| {
             let ready = read.slot <= applied;
@@ -933,33 +1181,29 @@ impl Sim {
                 },
             );
         }
-        if matches!(
-            crash,
-            Some(CrashPoint::BeforeAdvance | CrashPoint::MidApply)
-        ) {
-            self.crash_in_ready(id, CrashPoint::BeforeAdvance);
-            return Ok(());
-        }
-        if let Some(replica) = self.replica(id) {
-            replica.advance();
-        }
-        self.observe(id);
-        self.pump(id)
     }
 
     // ----- network -----
 
     fn send(&mut self, envelope: Envelope) {
         self.stats.messages_sent += 1;
+        let (from, to) = (envelope.from, envelope.to);
+        let summary = MsgSummary::of(&envelope.message);
+        self.transmit(from, to, summary, Event::Deliver(envelope));
+    }
+
+    /// Puts a message (or a snapshot) on the wire, through every network
+    /// fault: partitions, loss, duplication, delay and reordering.
+    fn transmit(&mut self, from: NodeId, to: NodeId, summary: MsgSummary, event: Event) {
         let scenario = &self.scenario;
-        if self.links.is_cut(envelope.from, envelope.to) {
+        if self.links.is_cut(from, to) {
             self.stats.dropped_by_partition += 1;
-            self.trace_drop(&envelope, "partition");
+            self.trace_drop(from, to, summary, "partition");
             return;
         }
         if self.faults_active && self.net_rng.chance(scenario.drop_rate) {
             self.stats.dropped += 1;
-            self.trace_drop(&envelope, "loss");
+            self.trace_drop(from, to, summary, "loss");
             return;
         }
         let copies = if self.faults_active && self.net_rng.chance(scenario.duplicate_rate) {
@@ -969,13 +1213,13 @@ impl Sim {
             1
         };
         if copies == 2 {
-            self.schedule_delivery(envelope.clone());
+            self.schedule_delivery(event.clone());
         }
-        self.schedule_delivery(envelope);
+        self.schedule_delivery(event);
     }
 
-    /// Puts a message on the wire: a random delay, sometimes a long one.
-    fn schedule_delivery(&mut self, envelope: Envelope) {
+    /// Puts an event on the wire: a random delay, sometimes a long one.
+    fn schedule_delivery(&mut self, event: Event) {
         let scenario = &self.scenario;
         let mut delay = self.net_rng.between(0, scenario.delay_max_ticks);
         if self.faults_active && self.net_rng.chance(scenario.reorder_rate) {
@@ -985,32 +1229,24 @@ impl Sim {
                 .between(1, scenario.reorder_delay_max_ticks.max(1));
         }
         let order = self.net_rng.next_u64();
-        self.queue
-            .schedule(self.now + delay, order, Event::Deliver(envelope));
+        self.queue.schedule(self.now + delay, order, event);
     }
 
-    fn trace_drop(&mut self, envelope: &Envelope, why: &'static str) {
-        self.trace.push(
-            self.now,
-            TraceEvent::Drop {
-                from: envelope.from,
-                to: envelope.to,
-                msg: MsgSummary::of(&envelope.message),
-                why,
-            },
-        );
+    fn trace_drop(&mut self, from: NodeId, to: NodeId, msg: MsgSummary, why: &'static str) {
+        self.trace
+            .push(self.now, TraceEvent::Drop { from, to, msg, why });
     }
 
     fn deliver(&mut self, mut envelope: Envelope) -> Step {
-        if self.links.is_cut(envelope.from, envelope.to) {
+        let (from, to) = (envelope.from, envelope.to);
+        if self.links.is_cut(from, to) {
             self.stats.dropped_by_partition += 1;
-            self.trace_drop(&envelope, "partition");
+            self.trace_drop(from, to, MsgSummary::of(&envelope.message), "partition");
             return Ok(());
         }
-        let to = envelope.to;
         if self.nodes.get(&to).is_none_or(|n| n.replica.is_none()) {
             self.stats.dropped_at_down_node += 1;
-            self.trace_drop(&envelope, "receiver down");
+            self.trace_drop(from, to, MsgSummary::of(&envelope.message), "receiver down");
             return Ok(());
         }
         if let Some(Corruption::ForgeAcceptValues { spare }) = self.scenario.corruption {
@@ -1039,8 +1275,50 @@ impl Sim {
                 msg: MsgSummary::of(&envelope.message),
             },
         );
+        // A promise from beyond the candidate's first open slot: the
+        // candidate must step down (and ask to catch up) instead of leading.
+        let compacted_promise = match &envelope.message {
+            Message::Promise {
+                ballot,
+                first_slot,
+                compacted_upto,
+                ..
+            } if compacted_upto >= first_slot => self.nodes[&to]
+                .replica
+                .as_ref()
+                .filter(|r| r.role() == Role::Candidate && r.ballot() == *ballot)
+                .map(|_| (*ballot, *first_slot, *compacted_upto)),
+            _ => None,
+        };
         if let Some(replica) = self.replica(to) {
             replica.step(envelope);
+        }
+        if let Some((ballot, first_slot, compacted_upto)) = compacted_promise {
+            self.stats.compacted_promises += 1;
+            let role = self.nodes[&to].replica.as_ref().map(Replica::role);
+            if role == Some(Role::Leader) {
+                return Err(InvariantError::new(
+                    Invariant::Compaction,
+                    format!(
+                        "{to} became leader of ballot {ballot} on a promise from {from} that \
+                         compacted slots up to {compacted_upto}, at or above its first open slot \
+                         {first_slot}: it cannot know their values"
+                    ),
+                ));
+            }
+            if role == Some(Role::Follower) {
+                self.stats.compacted_stepdowns += 1;
+                self.trace.push(
+                    self.now,
+                    TraceEvent::CompactedStepDown {
+                        node: to,
+                        from,
+                        ballot,
+                        first_slot,
+                        compacted_upto,
+                    },
+                );
+            }
         }
         self.observe(to);
         self.pump(to)
@@ -1168,12 +1446,25 @@ impl Sim {
 
     // ----- checks -----
 
-    /// Durability of every running replica's chosen prefix, every tick.
+    /// Durability of every running replica's chosen prefix, and the
+    /// compaction of every replica's log and store, every tick.
     fn check_logs(&mut self) -> Step {
         for (&id, node) in &mut self.nodes {
+            let log_start = node.replica.as_ref().map(Replica::log_start);
+            Checker::check_compaction(
+                id,
+                log_start,
+                node.sm.applied_upto(),
+                node.snapshot.slot(),
+                node.store.state().compacted_upto,
+            )?;
+            if let Some(log_start) = log_start {
+                self.stats.max_compacted = self.stats.max_compacted.max(log_start - 1);
+            }
             let Some(replica) = node.replica.as_ref() else {
                 continue;
             };
+            let sm = &node.sm;
             let upto = replica.chosen_upto();
             if upto < node.checked_upto {
                 return Err(InvariantError::new(
@@ -1185,9 +1476,11 @@ impl Sim {
                 ));
             }
             if upto > node.checked_upto {
+                // Compacted slots live on in the state machine (checked
+                // against the chosen log whenever it is restored).
                 self.checker
                     .check_durability(id, self.now, node.checked_upto, upto, |slot| {
-                        replica.chosen_value(slot)
+                        held_value(replica, sm, slot)
                     })?;
                 node.checked_upto = upto;
             }
@@ -1198,7 +1491,7 @@ impl Sim {
     /// Faults stop: the network heals and every crashed replica restarts.
     fn begin_heal(&mut self) -> Step {
         self.faults_active = false;
-        self.links.heal();
+        self.links.heal_all();
         self.trace.push(
             self.now,
             TraceEvent::Phase("faults stop: network healed, every replica restarts"),
@@ -1208,6 +1501,17 @@ impl Sim {
                 self.restart(id)?;
             }
         }
+        let compacted_max = self
+            .nodes
+            .values()
+            .filter_map(|n| n.replica.as_ref().map(|r| r.log_start() - 1))
+            .max()
+            .unwrap_or(0);
+        self.stats.behind_compaction_at_heal += self
+            .nodes
+            .values()
+            .filter(|n| n.sm.applied_upto() < compacted_max)
+            .count() as u64;
         self.heal = Some(Heal {
             started: self.now,
             target: self.checker.max_chosen(),
@@ -1257,7 +1561,7 @@ impl Sim {
             let needed = fresh.max(heal.target);
             self.nodes
                 .values()
-                .all(|n| n.replica.is_some() && n.applied_upto >= needed)
+                .all(|n| n.replica.is_some() && n.sm.applied_upto() >= needed)
         });
         Checker::check_liveness(
             recovered,
@@ -1275,7 +1579,9 @@ impl Sim {
     }
 
     /// Every slot chosen before the faults stopped is held, unchanged, by
-    /// every replica.
+    /// every replica (in its log, or below its compaction point in its
+    /// state machine), and every state machine and durable snapshot is the
+    /// chosen log prefix.
     fn final_checks(&mut self) -> Step {
         let target = self.heal.as_ref().map_or(0, |h| h.target);
         for (&id, node) in &self.nodes {
@@ -1283,8 +1589,22 @@ impl Sim {
                 .replica
                 .as_ref()
                 .expect("every replica runs after healing");
+            let sm = &node.sm;
             self.checker
-                .check_nothing_lost(id, target, |slot| replica.chosen_value(slot))?;
+                .check_nothing_lost(id, target, |slot| held_value(replica, sm, slot))?;
+            self.checker.check_state_machine(
+                id,
+                "state machine at the end",
+                sm.applied_upto(),
+                |slot| sm.value(slot),
+            )?;
+            let snapshot = &node.snapshot;
+            self.checker.check_state_machine(
+                id,
+                "durable snapshot at the end",
+                snapshot.slot(),
+                |slot| snapshot.value(slot),
+            )?;
         }
         Ok(())
     }
@@ -1295,23 +1615,35 @@ impl Sim {
         for (id, node) in &self.nodes {
             match node.replica.as_ref() {
                 None => out.push_str(&format!(
-                    "  {id}: DOWN until t{} (incarnation {}), applied {}\n",
-                    node.down_until, node.incarnation, node.applied_upto
+                    "  {id}: DOWN until t{} (incarnation {}), applied {}, snapshot {}, store \
+                     compacted up to {}\n",
+                    node.down_until,
+                    node.incarnation,
+                    node.sm.applied_upto(),
+                    node.snapshot.slot(),
+                    node.store.state().compacted_upto
                 )),
                 Some(r) => out.push_str(&format!(
                     "  {id}: {:?} ballot {} promised {} leader_hint {:?} chosen_upto {} \
-                     applied {} emitted {} pending {} inflight {} ready_in_flight {} \
-                     (incarnation {})\n",
+                     applied {} emitted {} log_start {} snapshot {} pending {} inflight {} \
+                     ready_in_flight {}{} (incarnation {})\n",
                     r.role(),
                     r.ballot(),
                     r.promised(),
                     r.leader_hint().map(|n| n.to_string()),
                     r.chosen_upto(),
-                    node.applied_upto,
+                    node.sm.applied_upto(),
                     node.emitted_upto,
+                    r.log_start(),
+                    node.snapshot.slot(),
                     r.pending_count(),
                     r.inflight_count(),
                     node.in_flight.is_some(),
+                    if self.links.is_isolated(*id) {
+                        " ISOLATED"
+                    } else {
+                        ""
+                    },
                     node.incarnation
                 )),
             }
@@ -1324,5 +1656,16 @@ impl Sim {
             self.checker.max_emitted()
         ));
         out
+    }
+}
+
+/// The value `replica` holds for `slot` as chosen: in its log, or, below
+/// its compaction point, in its state machine (which is what a compacted
+/// slot lives on as).
+fn held_value<'a>(replica: &'a Replica, sm: &'a StateMachine, slot: Slot) -> Option<&'a Value> {
+    if slot < replica.log_start() {
+        sm.value(slot)
+    } else {
+        replica.chosen_value(slot)
     }
 }

@@ -16,10 +16,27 @@ pub(crate) struct MsgSummary {
     slots: Option<(Slot, Slot, usize)>,
     /// Commit point, first slot of a prepare, probe or the refusing promise.
     extra: Option<(&'static str, u64)>,
+    /// A promise's `compacted_upto`, when not 0.
+    compacted: Option<Slot>,
 }
 
 impl MsgSummary {
+    /// A whole snapshot moved by the simulated driver, covering `1..=slot`.
+    pub(crate) fn snapshot(slot: Slot) -> MsgSummary {
+        MsgSummary {
+            kind: "SNAPSHOT",
+            ballot: None,
+            slots: None,
+            extra: Some(("upto", slot)),
+            compacted: None,
+        }
+    }
+
     pub(crate) fn of(message: &Message) -> MsgSummary {
+        let compacted = match message {
+            Message::Promise { compacted_upto, .. } if *compacted_upto > 0 => Some(*compacted_upto),
+            _ => None,
+        };
         let (ballot, slots, extra) = match message {
             Message::Prepare { ballot, first_slot } => {
                 (Some(*ballot), None, Some(("first", *first_slot)))
@@ -75,6 +92,7 @@ impl MsgSummary {
             ballot,
             slots,
             extra,
+            compacted,
         }
     }
 }
@@ -101,6 +119,9 @@ impl fmt::Display for MsgSummary {
         }
         if let Some((name, value)) = self.extra {
             write!(f, " {name}={value}")?;
+        }
+        if let Some(compacted) = self.compacted {
+            write!(f, " compacted={compacted}")?;
         }
         Ok(())
     }
@@ -148,6 +169,7 @@ pub(crate) enum TraceEvent {
         persisted_messages: usize,
         chosen: String,
         reads: usize,
+        snapshot_requests: usize,
         disk_ticks: u64,
         crash_point: Option<&'static str>,
     },
@@ -166,6 +188,8 @@ pub(crate) enum TraceEvent {
         promised: Ballot,
         accepted: usize,
         chosen: usize,
+        snapshot: Slot,
+        compacted: Slot,
     },
     Role {
         node: NodeId,
@@ -187,6 +211,41 @@ pub(crate) enum TraceEvent {
         read_id: u64,
         slot: Slot,
     },
+    SnapshotTaken {
+        node: NodeId,
+        slot: Slot,
+        compact_upto: Slot,
+        crash: bool,
+    },
+    SnapshotSent {
+        from: NodeId,
+        to: NodeId,
+        slot: Slot,
+    },
+    SnapshotCorrupted {
+        to: NodeId,
+        slot: Slot,
+        changed_slot: Slot,
+    },
+    SnapshotInstalled {
+        node: NodeId,
+        from: NodeId,
+        slot: Slot,
+        applied_before: Slot,
+        crash: bool,
+    },
+    SnapshotIgnored {
+        node: NodeId,
+        slot: Slot,
+        why: &'static str,
+    },
+    CompactedStepDown {
+        node: NodeId,
+        from: NodeId,
+        ballot: Ballot,
+        first_slot: Slot,
+        compacted_upto: Slot,
+    },
     Network(String),
     Phase(&'static str),
 }
@@ -206,6 +265,7 @@ impl fmt::Display for TraceEvent {
                 persisted_messages,
                 chosen,
                 reads,
+                snapshot_requests,
                 disk_ticks,
                 crash_point,
             } => {
@@ -219,6 +279,9 @@ impl fmt::Display for TraceEvent {
                 }
                 if *reads > 0 {
                     write!(f, ", {reads} reads")?;
+                }
+                if *snapshot_requests > 0 {
+                    write!(f, ", {snapshot_requests} snapshot requests")?;
                 }
                 if let Some(point) = crash_point {
                     write!(f, " [will crash {point}]")?;
@@ -234,10 +297,13 @@ impl fmt::Display for TraceEvent {
                 promised,
                 accepted,
                 chosen,
+                snapshot,
+                compacted,
             } => write!(
                 f,
                 "RESTART {node}: applied_upto {applied_upto} (had applied {applied_before}), \
-                 disk: promised {promised}, {accepted} accepted, {chosen} chosen"
+                 disk: promised {promised}, {accepted} accepted, {chosen} chosen, \
+                 compacted up to {compacted}, snapshot up to {snapshot}"
             ),
             TraceEvent::Role { node, role, ballot } => {
                 write!(f, "{node} is {role:?} (ballot {ballot})")
@@ -260,6 +326,64 @@ impl fmt::Display for TraceEvent {
                 read_id,
                 slot,
             } => write!(f, "{node} read r{read_id} ready at slot {slot}"),
+            TraceEvent::SnapshotTaken {
+                node,
+                slot,
+                compact_upto,
+                crash,
+            } => {
+                write!(
+                    f,
+                    "{node} SNAPSHOT at slot {slot} saved, compacts log and store up to \
+                     {compact_upto}"
+                )?;
+                if *crash {
+                    write!(f, " [will crash before compacting]")?;
+                }
+                Ok(())
+            }
+            TraceEvent::SnapshotSent { from, to, slot } => {
+                write!(f, "{from} sends its snapshot (upto {slot}) to {to}")
+            }
+            TraceEvent::SnapshotCorrupted {
+                to,
+                slot,
+                changed_slot,
+            } => write!(
+                f,
+                "CORRUPTED snapshot (upto {slot}) to {to}: value of slot {changed_slot} changed"
+            ),
+            TraceEvent::SnapshotInstalled {
+                node,
+                from,
+                slot,
+                applied_before,
+                crash,
+            } => {
+                write!(
+                    f,
+                    "{node} INSTALLS snapshot from {from} up to slot {slot} (had applied \
+                     {applied_before})"
+                )?;
+                if *crash {
+                    write!(f, " [will crash before install_snapshot]")?;
+                }
+                Ok(())
+            }
+            TraceEvent::SnapshotIgnored { node, slot, why } => {
+                write!(f, "{node} ignores snapshot up to {slot}: {why}")
+            }
+            TraceEvent::CompactedStepDown {
+                node,
+                from,
+                ballot,
+                first_slot,
+                compacted_upto,
+            } => write!(
+                f,
+                "{node} (candidate, ballot {ballot}) steps down: {from} promised with \
+                 compacted_upto {compacted_upto} >= first_slot {first_slot}"
+            ),
             TraceEvent::Network(what) => write!(f, "network: {what}"),
             TraceEvent::Phase(what) => write!(f, "=== {what}"),
         }
