@@ -11,44 +11,19 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use paxos_log::store::wal::WalAcceptorStore;
 use paxos_log::{
     AcceptorStore, ChannelTransport, Config, DriverOptions, MemAcceptorStore, Node, NodeError,
-    NodeHandle, NodeId, Role, Slot, StateMachine,
+    NodeHandle, NodeId, Role, Slot,
 };
 use storage::snapshot::SnapshotStore;
 use storage::wal::WalOptions;
 use storage::RealFs;
 
-/// Records every applied command; answers reads with the count applied.
-#[derive(Debug, Default)]
-struct LogMachine {
-    applied: Vec<(Slot, Vec<u8>)>,
-}
-
-impl StateMachine for LogMachine {
-    fn apply(&mut self, slot: Slot, command: &[u8]) -> Vec<u8> {
-        self.applied.push((slot, command.to_vec()));
-        slot.to_le_bytes().to_vec()
-    }
-    fn read(&mut self, _query: &[u8]) -> Vec<u8> {
-        (self.applied.len() as u64).to_le_bytes().to_vec()
-    }
-    fn durable_slot(&self) -> Slot {
-        // In memory only: a restarted replica re-learns the whole log, or
-        // restores its snapshot when it has a snapshot store.
-        0
-    }
-    fn snapshot(&mut self) -> Option<Vec<u8>> {
-        Some(bincode::serialize(&self.applied).expect("a Vec of byte vectors encodes"))
-    }
-    fn restore(&mut self, _slot: Slot, snapshot: &[u8]) -> Result<(), String> {
-        self.applied = bincode::deserialize(snapshot).map_err(|e| e.to_string())?;
-        Ok(())
-    }
-}
+mod cluster;
+use cluster::{commands_of, wait_applied, wait_for_leader, LogMachine};
 
 fn options() -> DriverOptions {
     DriverOptions {
@@ -85,39 +60,6 @@ fn start<S: AcceptorStore + Send + 'static>(
 
 fn open_wal(dir: &Path) -> WalAcceptorStore {
     WalAcceptorStore::open(RealFs::shared(), dir, WalOptions::default()).expect("WAL opens")
-}
-
-async fn wait_for_leader(handles: &[NodeHandle]) -> NodeHandle {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(leader) = handles
-            .iter()
-            .find(|h| h.metrics().role == Some(Role::Leader))
-        {
-            return leader.clone();
-        }
-        assert!(Instant::now() < deadline, "no leader elected within 10 s");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Waits until every replica applied at least `slot`.
-async fn wait_applied(handles: &[NodeHandle], slot: Slot) {
-    for handle in handles {
-        let caught_up = handle
-            .wait_for(Duration::from_secs(20), |m| m.applied_slot >= slot)
-            .await;
-        assert!(
-            caught_up.is_some(),
-            "{} did not apply slot {slot}: {:?}",
-            handle.id(),
-            handle.metrics()
-        );
-    }
-}
-
-fn commands_of(machine: &LogMachine) -> Vec<Vec<u8>> {
-    machine.applied.iter().map(|(_, c)| c.clone()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,35 +22,18 @@ use paxos_log::net::{connect, PeerListener, ServerHandle, ServerStats};
 use paxos_log::store::wal::WalAcceptorStore;
 use paxos_log::{
     AcceptorStore, Ballot, ChannelTransport, Config, DriverOptions, Envelope, MemAcceptorStore,
-    Message, NetLimits, Node, NodeHandle, NodeId, Role, Slot, SlotValue, StateMachine,
-    TarpcTransport, Transport, Value,
+    Message, NetLimits, Node, NodeHandle, NodeId, Slot, SlotValue, TarpcTransport, Transport,
+    Value,
 };
 use storage::wal::WalOptions;
 use storage::RealFs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod cluster;
+use cluster::{commands_of, wait_applied, wait_for_leader, LogMachine};
+
 const GROUP: u64 = 42;
-
-/// Records every applied command; answers reads with the count applied.
-#[derive(Debug, Default)]
-struct LogMachine {
-    applied: Vec<(Slot, Vec<u8>)>,
-}
-
-impl StateMachine for LogMachine {
-    fn apply(&mut self, slot: Slot, command: &[u8]) -> Vec<u8> {
-        self.applied.push((slot, command.to_vec()));
-        slot.to_le_bytes().to_vec()
-    }
-    fn read(&mut self, _query: &[u8]) -> Vec<u8> {
-        (self.applied.len() as u64).to_le_bytes().to_vec()
-    }
-    fn durable_slot(&self) -> Slot {
-        // In memory only: a restarted replica re-learns the whole log.
-        0
-    }
-}
 
 fn options() -> DriverOptions {
     DriverOptions {
@@ -161,43 +144,6 @@ async fn stop_member(member: Member) -> (LogMachine, ServerStats) {
     let machine = member.node.stop().expect("replica thread ends cleanly");
     drop(member.transport);
     (machine, stats)
-}
-
-async fn wait_for_leader(handles: &[NodeHandle]) -> NodeHandle {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(leader) = handles
-            .iter()
-            .find(|h| h.metrics().role == Some(Role::Leader))
-        {
-            return leader.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no leader elected within 10 s over TCP: {:?}",
-            handles.iter().map(NodeHandle::metrics).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Waits until every replica applied at least `slot`.
-async fn wait_applied(handles: &[NodeHandle], slot: Slot) {
-    for handle in handles {
-        let caught_up = handle
-            .wait_for(Duration::from_secs(20), |m| m.applied_slot >= slot)
-            .await;
-        assert!(
-            caught_up.is_some(),
-            "{} did not apply slot {slot}: {:?}",
-            handle.id(),
-            handle.metrics()
-        );
-    }
-}
-
-fn commands_of(machine: &LogMachine) -> Vec<Vec<u8>> {
-    machine.applied.iter().map(|(_, c)| c.clone()).collect()
 }
 
 fn open_wal(dir: &Path) -> WalAcceptorStore {
