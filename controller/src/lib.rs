@@ -20,21 +20,43 @@
 //! with the fewest moves. [`ControllerStateMachine`] implements
 //! [`paxos_log::StateMachine`] on top: it decodes commands, deduplicates
 //! retried changes by `(client_id, seq)`, answers queries and takes and
-//! restores snapshots. Everything here is pure and deterministic; the tarpc
-//! service and the client that drive it come later in this crate.
+//! restores snapshots. Everything up to here is pure and deterministic.
+//!
+//! The service around it:
+//!
+//! ```text
+//!   ControllerClerk (clerk) ──tarpc ShardController (rpc)──► ControllerServer (server)
+//!     leader cache, backoff,                                   ├─ change: propose to paxos-log
+//!     (client_id, seq) retries                                 ├─ query:  read-index read
+//!                                                              └─ paxos-log Node + WAL + snapshots
+//! ```
+//!
+//! [`ControllerServer`] runs one replica: a `paxos-log` node over TCP with
+//! a durable WAL and snapshots, driving the state machine, and the
+//! [`ShardController`] service for admin clients.
+//! [`ControllerClerk`] finds the leader, retries safely and reports a change
+//! whose outcome is unknown as indeterminate.
 
+pub mod clerk;
 pub mod config;
 pub mod core;
 pub mod error;
 pub mod limits;
 pub mod rebalance;
+pub mod rpc;
+pub mod server;
 pub mod session;
 pub mod state_machine;
 pub mod wire;
 
+pub use crate::clerk::{unique_client_id, ClerkError, ClerkOptions, ControllerClerk};
 pub use crate::config::{ConfigNum, Configuration, Gid, Shard, ShardId};
 pub use crate::core::Controller;
 pub use crate::error::ControllerError;
+pub use crate::rpc::{ServiceError, ShardController, ShardControllerClient};
+pub use crate::server::{
+    ControllerListeners, ControllerServer, ControllerServerConfig, MemberAddrs, ServerError,
+};
 pub use crate::session::{ClientId, SessionTable};
 pub use crate::state_machine::{ControllerStateMachine, SNAPSHOT_VERSION};
 pub use crate::wire::{

@@ -1,7 +1,8 @@
-//! Framing and serialization shared by the server and the client: tarpc's
-//! serde transport over a `LengthDelimitedCodec` with an explicit maximum
-//! frame length, and tokio-serde's `Bincode` with a byte limit, wrapped to
-//! check request deadlines before tarpc sees them.
+//! Framing and serialization for every tarpc service of shardkv (the log's
+//! peers here, and the controller's and groups' client services, which
+//! reuse it): tarpc's serde transport over a `LengthDelimitedCodec` with an
+//! explicit maximum frame length, and tokio-serde's `Bincode` with a byte
+//! limit, wrapped to check request deadlines before tarpc sees them.
 
 use std::io;
 use std::pin::{pin, Pin};
@@ -40,7 +41,7 @@ pub(crate) fn wire_size<T: Serialize>(value: &T) -> Option<u64> {
 /// tokio-serde `Bincode` plus, on the server side, a check of the deadline
 /// of each incoming request.
 #[derive(Clone, Copy)]
-pub(crate) struct WireCodec {
+pub struct WireCodec {
     options: WireOptions,
     /// Refuse requests whose deadline is further away (server side).
     max_deadline: Option<Duration>,
@@ -57,7 +58,7 @@ impl std::fmt::Debug for WireCodec {
 
 impl WireCodec {
     /// The codec of a client: encodes requests, decodes responses.
-    pub(crate) fn client(limits: &NetLimits) -> WireCodec {
+    pub fn client(limits: &NetLimits) -> WireCodec {
         WireCodec {
             options: wire_options(limits),
             max_deadline: None,
@@ -66,7 +67,7 @@ impl WireCodec {
 
     /// The codec of a server: decodes requests (checking their deadline),
     /// encodes responses.
-    pub(crate) fn server(limits: &NetLimits) -> WireCodec {
+    pub fn server(limits: &NetLimits) -> WireCodec {
         WireCodec {
             options: wire_options(limits),
             max_deadline: Some(limits.max_request_deadline),
@@ -79,7 +80,8 @@ impl WireCodec {
 /// (a `Duration`, relative to the sender's clock), the first field of its
 /// `Context`. Decoded alone so a deadline that would make tarpc panic is
 /// refused first. `tests/net.rs` sends such a request and checks it is
-/// refused without a panic, which also guards this mirror against a
+/// refused without a panic (so does the controller's `tests/service.rs`),
+/// which also guards this mirror against a
 /// change of tarpc's format.
 #[derive(Deserialize)]
 enum ClientMessageHead {
@@ -134,7 +136,7 @@ where
 
 /// Frames `stream` for tarpc: length-delimited with the frame limit, then
 /// bincode through `codec`.
-pub(crate) fn framed<Item, SinkItem>(
+pub fn framed<Item, SinkItem>(
     stream: TcpStream,
     limits: &NetLimits,
     codec: WireCodec,

@@ -67,7 +67,7 @@
 //! unwrapped: every decoding failure is an error that closes the connection.
 
 mod client;
-mod codec;
+pub mod codec;
 pub mod rpc;
 mod server;
 

@@ -1,0 +1,736 @@
+//! One replica of the controller service: [`ControllerServer`].
+//!
+//! ```text
+//!             admin clients (ControllerClerk)
+//!                        │ tarpc ShardController (client address)
+//!                        ▼
+//!   ClientService: change ──encode ControllerCommand::Change──► NodeHandle::propose
+//!                  query  ──encode ControllerQuery──────────► NodeHandle::read (read-index)
+//!                        │
+//!   paxos-log Node (own thread) ── WalAcceptorStore   data_dir/wal
+//!        │  ▲                    ── SnapshotStore      data_dir/snap
+//!        │  └── PeerListener (peer address) ◄── other replicas' TarpcTransport
+//!        └────► TarpcTransport ──► other replicas' peer addresses
+//!        │
+//!   SharedMachine ── ControllerStateMachine (configurations + sessions)
+//! ```
+//!
+//! Each replica has two addresses ([`MemberAddrs`]): the *peer* address the
+//! replicas of the controller group use among themselves (`paxos-log`'s
+//! `PaxosPeer` service) and the *client* address admin clients call (the
+//! [`ShardController`] service). Keeping them apart means an admin client
+//! can never inject log messages, and the two services can be limited
+//! separately. Both are served with the same [`NetLimits`].
+//!
+//! A change is answered only once it is chosen and applied, with the reply
+//! the state machine produced (and recorded in its session table, which is
+//! what makes a retry with the same `(client_id, seq)` safe). A query is a
+//! `paxos-log` read-index read: linearizable without writing the log. A
+//! replica that does not lead answers [`ServiceError::NotLeader`] with the
+//! *client* address of the replica it believes leads, so a clerk can go
+//! there directly.
+//!
+//! Durability comes entirely from `paxos-log`: the acceptor's WAL and the
+//! snapshots. The state machine lives in memory and is rebuilt on start from
+//! the newest snapshot plus the log above it, so a replica restarted from
+//! its `data_dir` (even after SIGKILL) has every configuration it had
+//! acknowledged.
+//!
+//! The state machine is shared with the server behind a mutex
+//! (`SharedMachine`) so that tests and status pages can read the local,
+//! possibly stale, configuration ([`ControllerServer::local_latest`])
+//! without going through the log. The driver thread holds the lock only
+//! for one apply, read or snapshot at a time.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use paxos_log::net::{PeerListener, ServerHandle};
+use paxos_log::{
+    Config, DriverOptions, NetLimits, Node, NodeError, NodeHandle, NodeId, NodeMetrics, Role, Slot,
+    StartError, StateMachine, TarpcTransport, WalAcceptorStore,
+};
+use storage::snapshot::SnapshotStore;
+use storage::wal::WalOptions;
+use storage::{RealFs, StorageError};
+use tarpc::context;
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_util::sync::CancellationToken;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{sleep, Instant};
+use tracing::{debug, error, warn};
+
+use crate::config::{ConfigNum, Configuration};
+use crate::error::ControllerError;
+use crate::limits::MAX_REQUEST_BYTES;
+use crate::rpc::{ServiceError, ShardController};
+use crate::session::ClientId;
+use crate::state_machine::ControllerStateMachine;
+use crate::wire::{
+    decode, encode, ControllerCommand, ControllerOp, ControllerQuery, ControllerReply,
+};
+use paxos_log::net::codec::{framed, WireCodec};
+
+/// Pause after a failed `accept` (say, out of file descriptors), so the
+/// loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// The two addresses of one controller replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MemberAddrs {
+    /// Where the other controller replicas send `paxos-log` messages.
+    pub peer: SocketAddr,
+    /// Where admin clients call the [`ShardController`] service.
+    pub client: SocketAddr,
+}
+
+/// Everything one controller replica needs to start.
+#[derive(Debug, Clone)]
+pub struct ControllerServerConfig {
+    /// This replica; must be a key of `members`.
+    pub node_id: NodeId,
+    /// Every replica of the controller group (this one included) and its
+    /// addresses. Every replica must be given the same map.
+    pub members: BTreeMap<NodeId, MemberAddrs>,
+    /// The replica's own directory: the acceptor WAL goes to `wal/`, the
+    /// snapshots to `snap/`. Created if missing.
+    pub data_dir: PathBuf,
+    /// Shards of configuration 0 (see [`crate::config`]); every replica
+    /// must use the same count, forever.
+    pub initial_shards: u32,
+    /// The controller group's id on the peer transport: peers of another
+    /// group (a misconfigured address) are ignored.
+    pub group_id: u64,
+    /// Timing and bounds of the `paxos-log` driver (tick, request timeout,
+    /// snapshot frequency).
+    pub driver: DriverOptions,
+    /// Frame size, connection and timeout limits of both listeners and of
+    /// the peer transport.
+    pub net: NetLimits,
+    /// Options of the acceptor WAL.
+    pub wal: WalOptions,
+}
+
+impl ControllerServerConfig {
+    /// A configuration with default driver, network and WAL options.
+    pub fn new(
+        node_id: NodeId,
+        members: BTreeMap<NodeId, MemberAddrs>,
+        data_dir: PathBuf,
+        initial_shards: u32,
+        group_id: u64,
+    ) -> ControllerServerConfig {
+        ControllerServerConfig {
+            node_id,
+            members,
+            data_dir,
+            initial_shards,
+            group_id,
+            driver: DriverOptions::default(),
+            net: NetLimits::default(),
+            wal: WalOptions::default(),
+        }
+    }
+}
+
+/// Why a controller replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration cannot work.
+    #[error("invalid controller server configuration: {0}")]
+    Config(String),
+    /// `initial_shards` is out of range.
+    #[error("invalid initial configuration: {0}")]
+    InitialShards(#[from] ControllerError),
+    /// A listener could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// The WAL or the snapshot directory could not be opened.
+    #[error("opening the replica's storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The `paxos-log` node could not start (bad log configuration, or a
+    /// snapshot the state machine refused).
+    #[error("starting the replicated log: {0}")]
+    Start(#[from] StartError),
+    /// The blocking start-up task failed (a panic: a bug).
+    #[error("start-up task failed: {0}")]
+    Task(String),
+}
+
+/// Both listening sockets of a replica, bound but not yet serving.
+///
+/// Binding first lets a caller learn every replica's addresses (port 0 in
+/// tests) before building the members map; connections that arrive before
+/// the server starts wait in the kernel's backlog.
+#[derive(Debug)]
+pub struct ControllerListeners {
+    peer: PeerListener,
+    client: TcpListener,
+    client_addr: SocketAddr,
+}
+
+impl ControllerListeners {
+    /// Binds `addrs.peer` and `addrs.client` (port 0 picks a free port).
+    /// Must be called within a tokio runtime.
+    pub async fn bind(addrs: MemberAddrs, net: &NetLimits) -> Result<Self, ServerError> {
+        let peer = PeerListener::bind(addrs.peer, net.clone())
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: addrs.peer,
+                source,
+            })?;
+        let client = TcpListener::bind(addrs.client)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: addrs.client,
+                source,
+            })?;
+        let client_addr = client.local_addr().map_err(|source| ServerError::Bind {
+            addr: addrs.client,
+            source,
+        })?;
+        Ok(ControllerListeners {
+            peer,
+            client,
+            client_addr,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> MemberAddrs {
+        MemberAddrs {
+            peer: self.peer.local_addr(),
+            client: self.client_addr,
+        }
+    }
+}
+
+/// The controller state machine, shared between the driver thread (which
+/// applies, reads and snapshots through [`StateMachine`]) and the server
+/// (which reads the local state for status and tests).
+#[derive(Debug, Clone)]
+struct SharedMachine(Arc<Mutex<ControllerStateMachine>>);
+
+impl SharedMachine {
+    fn lock(&self) -> MutexGuard<'_, ControllerStateMachine> {
+        // Every method of the state machine leaves it consistent before it
+        // could panic (it decodes and checks before it mutates), so a
+        // poisoned lock still guards a usable state.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl StateMachine for SharedMachine {
+    fn apply(&mut self, slot: Slot, command: &[u8]) -> Vec<u8> {
+        self.lock().apply(slot, command)
+    }
+
+    fn read(&mut self, query: &[u8]) -> Vec<u8> {
+        self.lock().read(query)
+    }
+
+    fn durable_slot(&self) -> Slot {
+        self.lock().durable_slot()
+    }
+
+    fn snapshot(&mut self) -> Option<Vec<u8>> {
+        self.lock().snapshot()
+    }
+
+    fn restore(&mut self, slot: Slot, snapshot: &[u8]) -> Result<(), String> {
+        self.lock().restore(slot, snapshot)
+    }
+}
+
+/// A running controller replica. [`ControllerServer::shutdown`] stops it
+/// and frees its ports; dropping it stops it without waiting.
+#[derive(Debug)]
+pub struct ControllerServer {
+    node_id: NodeId,
+    addrs: MemberAddrs,
+    node: Option<Node<SharedMachine>>,
+    handle: NodeHandle,
+    machine: SharedMachine,
+    peer_server: Option<ServerHandle>,
+    client_server: Option<ClientServer>,
+    transport: Option<Arc<TarpcTransport>>,
+}
+
+impl ControllerServer {
+    /// Binds this replica's addresses from `config.members` and starts it.
+    /// Must be called within a tokio runtime.
+    pub async fn start(config: ControllerServerConfig) -> Result<ControllerServer, ServerError> {
+        let addrs = *config.members.get(&config.node_id).ok_or_else(|| {
+            ServerError::Config(format!("members do not include {}", config.node_id))
+        })?;
+        let listeners = ControllerListeners::bind(addrs, &config.net).await?;
+        ControllerServer::start_with_listeners(config, listeners).await
+    }
+
+    /// Starts the replica on listeners bound beforehand (see
+    /// [`ControllerListeners`]); their addresses should be this replica's
+    /// entry of `config.members`. Opens `data_dir/wal` and
+    /// `data_dir/snap`, recovers the state machine from them, starts the
+    /// `paxos-log` node and serves both listeners. Must be called within a
+    /// tokio runtime, which then runs the servers and the peer transport.
+    pub async fn start_with_listeners(
+        config: ControllerServerConfig,
+        listeners: ControllerListeners,
+    ) -> Result<ControllerServer, ServerError> {
+        let ControllerServerConfig {
+            node_id,
+            members,
+            data_dir,
+            initial_shards,
+            group_id,
+            driver,
+            net,
+            wal,
+        } = config;
+        if !members.contains_key(&node_id) {
+            return Err(ServerError::Config(format!(
+                "members do not include {node_id}"
+            )));
+        }
+        let machine = SharedMachine(Arc::new(Mutex::new(ControllerStateMachine::new(
+            initial_shards,
+        )?)));
+        let peers: BTreeMap<NodeId, SocketAddr> = members
+            .iter()
+            .filter(|(id, _)| **id != node_id)
+            .map(|(id, addrs)| (*id, addrs.peer))
+            .collect();
+        let transport = Arc::new(TarpcTransport::new(
+            &tokio::runtime::Handle::current(),
+            peers,
+            group_id,
+            net.clone(),
+        ));
+        let log_config = Config::new(node_id, members.keys().copied().collect());
+        // Opening the WAL replays it and restoring a snapshot decodes it:
+        // blocking work that must not stall the runtime's workers.
+        let node = {
+            let machine = machine.clone();
+            let transport = Arc::clone(&transport);
+            tokio::task::spawn_blocking(move || -> Result<Node<SharedMachine>, ServerError> {
+                let fs = RealFs::shared();
+                let store = WalAcceptorStore::open(fs.clone(), &data_dir.join("wal"), wal)?;
+                let snapshots = SnapshotStore::open(fs, &data_dir.join("snap"))?;
+                Ok(Node::start_with_snapshots(
+                    log_config, store, machine, transport, driver, snapshots,
+                )?)
+            })
+            .await
+            .map_err(|cause| ServerError::Task(cause.to_string()))??
+        };
+        let handle = node.handle();
+        let addrs = listeners.addrs();
+        let peer_server = listeners.peer.start(handle.clone(), group_id);
+        let service = ClientService {
+            node: handle.clone(),
+            client_addrs: Arc::new(
+                members
+                    .iter()
+                    .map(|(id, addrs)| (*id, addrs.client))
+                    .collect(),
+            ),
+            counters: Arc::new(Counters::default()),
+        };
+        let client_server = ClientServer::start(listeners.client, service, net);
+        Ok(ControllerServer {
+            node_id,
+            addrs,
+            node: Some(node),
+            handle,
+            machine,
+            peer_server: Some(peer_server),
+            client_server: Some(client_server),
+            transport: Some(transport),
+        })
+    }
+
+    /// This replica's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The bound addresses (the real ports when bound to port 0).
+    pub fn addrs(&self) -> MemberAddrs {
+        self.addrs
+    }
+
+    /// The address admin clients call.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.addrs.client
+    }
+
+    /// The address the other replicas send log messages to.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.addrs.peer
+    }
+
+    /// The `paxos-log` node's latest metrics (role, applied slot,
+    /// `log_start`, snapshots).
+    pub fn metrics(&self) -> NodeMetrics {
+        self.handle.metrics()
+    }
+
+    /// Whether this replica currently believes it leads.
+    pub fn is_leader(&self) -> bool {
+        self.metrics().role == Some(Role::Leader)
+    }
+
+    /// A handle to the `paxos-log` node, e.g. to wait for metrics.
+    pub fn node_handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// What the client listener has done so far.
+    pub fn client_stats(&self) -> ClientServerStats {
+        self.client_server
+            .as_ref()
+            .map(ClientServer::stats)
+            .unwrap_or_default()
+    }
+
+    /// The latest configuration *this replica* has applied. Not
+    /// linearizable: a follower (or a partitioned leader) may lag. For
+    /// status pages and tests; clients use the `query` RPC.
+    pub fn local_latest(&self) -> Configuration {
+        self.machine.lock().controller().latest()
+    }
+
+    /// Configuration `num` as this replica has it, if it has applied it
+    /// (same caveat as [`ControllerServer::local_latest`]).
+    pub fn local_config(&self, num: ConfigNum) -> Option<Configuration> {
+        self.machine.lock().controller().config(num)
+    }
+
+    /// Stops the replica: the client listener (closing every admin
+    /// connection), the peer listener, the `paxos-log` node (waiting for its
+    /// thread, so everything it acknowledged is on disk and its WAL is
+    /// closed), and the peer transport. Returns once both ports are free
+    /// and every task of the replica has ended.
+    pub async fn shutdown(mut self) {
+        if let Some(client_server) = self.client_server.take() {
+            client_server.shutdown().await;
+        }
+        if let Some(peer_server) = self.peer_server.take() {
+            peer_server.shutdown().await;
+        }
+        if let Some(node) = self.node.take() {
+            // Joining the driver thread blocks until its current `Ready`
+            // (at most one fsync) is done.
+            if let Err(cause) = tokio::task::spawn_blocking(move || node.stop()).await {
+                error!(%cause, "stopping the controller's log node failed");
+            }
+        }
+        // Dropping the last reference aborts the peer tasks. The node held
+        // the other one and has stopped.
+        self.transport.take();
+    }
+}
+
+/// What a client listener has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientServerStats {
+    /// Connections accepted and served.
+    pub connections_accepted: u64,
+    /// Connections closed on accept because `max_connections` were open.
+    pub connections_refused: u64,
+    /// Connections closed on bad input (oversized, undecodable or
+    /// truncated frame, deadline too far) or an I/O error.
+    pub connections_failed: u64,
+    /// Connections closed after `idle_timeout` without a request.
+    pub connections_idle: u64,
+    /// Connection tasks that panicked (a bug; the server goes on).
+    pub connection_panics: u64,
+    /// `change` calls received.
+    pub changes: u64,
+    /// `query` calls received.
+    pub queries: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connections_accepted: AtomicU64,
+    connections_refused: AtomicU64,
+    connections_failed: AtomicU64,
+    connections_idle: AtomicU64,
+    connection_panics: AtomicU64,
+    changes: AtomicU64,
+    queries: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self) -> ClientServerStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ClientServerStats {
+            connections_accepted: get(&self.connections_accepted),
+            connections_refused: get(&self.connections_refused),
+            connections_failed: get(&self.connections_failed),
+            connections_idle: get(&self.connections_idle),
+            connection_panics: get(&self.connection_panics),
+            changes: get(&self.changes),
+            queries: get(&self.queries),
+        }
+    }
+}
+
+/// The [`ShardController`] service of one replica, cloned per request.
+#[derive(Debug, Clone)]
+struct ClientService {
+    node: NodeHandle,
+    /// Client address of every replica, to turn a leader hint (a node id)
+    /// into an address a clerk can call.
+    client_addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+    counters: Arc<Counters>,
+}
+
+impl ClientService {
+    fn service_error(&self, error: NodeError) -> ServiceError {
+        match error {
+            NodeError::NotLeader { leader_hint } => ServiceError::NotLeader {
+                leader_hint: leader_hint
+                    .and_then(|id| self.client_addrs.get(&id))
+                    .map(SocketAddr::to_string),
+            },
+            NodeError::Busy => ServiceError::Busy,
+            NodeError::Indeterminate(cause) => ServiceError::Indeterminate(cause),
+            NodeError::Stopped => ServiceError::Stopped,
+        }
+    }
+}
+
+impl ShardController for ClientService {
+    async fn change(
+        self,
+        _: context::Context,
+        client_id: ClientId,
+        seq: u64,
+        op: ControllerOp,
+    ) -> Result<ControllerReply, ServiceError> {
+        bump(&self.counters.changes);
+        let command = encode(&ControllerCommand::Change { client_id, seq, op });
+        if command.len() > MAX_REQUEST_BYTES {
+            // The state machine would refuse it after it was chosen; refuse
+            // it before it takes a slot (and a WAL record) on every replica.
+            return Ok(ControllerReply::Error(ControllerError::RequestTooLarge {
+                len_bytes: command.len(),
+                max_bytes: MAX_REQUEST_BYTES,
+            }));
+        }
+        let reply = self
+            .node
+            .propose(command)
+            .await
+            .map_err(|error| self.service_error(error))?;
+        // The change was applied; only its answer is unreadable (a bug or
+        // a version mismatch), so its effect is unknown to the caller.
+        decode::<ControllerReply>(&reply)
+            .map_err(|error| ServiceError::Indeterminate(format!("undecodable reply: {error}")))
+    }
+
+    async fn query(
+        self,
+        _: context::Context,
+        num: Option<ConfigNum>,
+    ) -> Result<Configuration, ServiceError> {
+        bump(&self.counters.queries);
+        let answer = self
+            .node
+            .read(encode(&ControllerQuery::Config { num }))
+            .await
+            .map_err(|error| self.service_error(error))?;
+        match decode::<ControllerReply>(&answer).map_err(ServiceError::Controller)? {
+            ControllerReply::Config(config) => Ok(config),
+            ControllerReply::Error(error) => Err(ServiceError::Controller(error)),
+            other => Err(ServiceError::Controller(ControllerError::Malformed {
+                reason: format!("a query was answered with {other:?}"),
+            })),
+        }
+    }
+}
+
+/// The running client listener: accept loop plus one task per connection,
+/// bounded like the log's peer server.
+#[derive(Debug)]
+struct ClientServer {
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
+}
+
+impl ClientServer {
+    fn start(listener: TcpListener, service: ClientService, limits: NetLimits) -> ClientServer {
+        let shutdown = CancellationToken::new();
+        let counters = Arc::clone(&service.counters);
+        let task = tokio::spawn(accept_loop(listener, service, limits, shutdown.clone()));
+        ClientServer {
+            shutdown,
+            task: Some(task),
+            counters,
+        }
+    }
+
+    fn stats(&self) -> ClientServerStats {
+        self.counters.snapshot()
+    }
+
+    /// Stops accepting, closes every connection, waits for every task.
+    async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            if let Err(cause) = task.await {
+                if cause.is_panic() {
+                    bump(&self.counters.connection_panics);
+                    error!(%cause, "the controller's client accept loop panicked");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ClientServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            // Dropping the accept loop's `JoinSet` aborts every connection.
+            task.abort();
+        }
+    }
+}
+
+/// Why a client connection ended.
+#[derive(Debug)]
+enum ConnectionEnd {
+    /// The client closed it, or the server is stopping.
+    Closed,
+    /// No request for `idle_timeout`.
+    Idle,
+    /// Bad input or an I/O error.
+    Failed,
+}
+
+fn record_end(counters: &Counters, joined: Result<ConnectionEnd, tokio::task::JoinError>) {
+    match joined {
+        Ok(ConnectionEnd::Closed) => {}
+        Ok(ConnectionEnd::Idle) => bump(&counters.connections_idle),
+        Ok(ConnectionEnd::Failed) => bump(&counters.connections_failed),
+        Err(cause) if cause.is_panic() => {
+            bump(&counters.connection_panics);
+            error!(%cause, "a controller client connection task panicked");
+        }
+        Err(_) => {}
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    service: ClientService,
+    limits: NetLimits,
+    shutdown: CancellationToken,
+) {
+    let counters = Arc::clone(&service.counters);
+    let mut connections: JoinSet<ConnectionEnd> = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                record_end(&counters, joined);
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if connections.len() >= limits.max_connections {
+                        bump(&counters.connections_refused);
+                        debug!(%peer, "too many admin connections; closed a new one");
+                        drop(stream);
+                        continue;
+                    }
+                    bump(&counters.connections_accepted);
+                    connections.spawn(serve_connection(
+                        stream,
+                        peer,
+                        service.clone(),
+                        limits.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+                Err(cause) => {
+                    warn!(%cause, "accepting an admin connection failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = sleep(ACCEPT_ERROR_PAUSE) => {}
+                    }
+                }
+            }
+        }
+    }
+    // Stop listening (free the port) before waiting for the connections.
+    drop(listener);
+    connections.abort_all();
+    while let Some(joined) = connections.join_next().await {
+        record_end(&counters, joined);
+    }
+}
+
+/// Serves one admin connection until the client closes it, it fails, it
+/// idles out, or the server stops. Returning drops (closes) the socket.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: ClientService,
+    limits: NetLimits,
+    shutdown: CancellationToken,
+) -> ConnectionEnd {
+    let _ = stream.set_nodelay(true);
+    let transport = framed(stream, &limits, WireCodec::server(&limits));
+    let mut requests = pin!(BaseChannel::with_defaults(transport).requests());
+    let mut in_flight = FuturesUnordered::new();
+    let in_flight_max = limits.max_in_flight_per_connection.max(1);
+    let mut idle = pin!(sleep(limits.idle_timeout));
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return ConnectionEnd::Closed,
+            // A connection waiting on a slow change is busy, not idle.
+            () = &mut idle, if in_flight.is_empty() => return ConnectionEnd::Idle,
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {
+                idle.as_mut().reset(Instant::now() + limits.idle_timeout);
+            }
+            request = requests.next(), if in_flight.len() < in_flight_max => match request {
+                Some(Ok(request)) => {
+                    idle.as_mut().reset(Instant::now() + limits.idle_timeout);
+                    in_flight.push(request.execute(service.clone().serve()));
+                }
+                Some(Err(cause)) => {
+                    debug!(%peer, %cause, "closed an admin connection");
+                    return ConnectionEnd::Failed;
+                }
+                None => return ConnectionEnd::Closed,
+            },
+        }
+    }
+}
