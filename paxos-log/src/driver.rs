@@ -17,11 +17,11 @@
 //! protocol tolerates loss), instead of memory growing without bound.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info_span, warn};
@@ -368,6 +368,7 @@ impl<M: StateMachine> Node<M> {
             transport,
             options,
             applied,
+            proposer_id: new_proposer_id(id),
             next_seq: 1,
             proposals: BTreeMap::new(),
             next_read_id: 1,
@@ -432,6 +433,8 @@ struct Driver<S, M, T: ?Sized> {
     transport: Arc<T>,
     options: DriverOptions,
     applied: Slot,
+    /// Identifies this start's proposals in the log (see `new_proposer_id`).
+    proposer_id: u64,
     next_seq: u64,
     /// Proposals of this replica waiting for their command to be applied.
     proposals: BTreeMap<u64, Reply>,
@@ -450,9 +453,31 @@ struct Driver<S, M, T: ?Sized> {
     snapshots_installed: u64,
 }
 
-/// Bytes before the command in a proposed value: origin node and sequence
-/// number, so the origin can answer its waiting proposer.
+/// Bytes before the command in a proposed value: the proposer id of the
+/// driver start that proposed it, and a sequence number, so that start can
+/// answer its waiting proposer.
 const TAG_BYTES: usize = 16;
+
+/// A proposer id for one start of one replica's driver. It must differ from
+/// every earlier start's: sequence numbers restart at 1, and a restarted
+/// replica replays its own old entries, which must not answer its new
+/// proposals. Wall clock, process id and a per-process counter, mixed with
+/// the node id, make a collision as unlikely as a 64-bit random match.
+fn new_proposer_id(node: NodeId) -> u64 {
+    static STARTS: AtomicU64 = AtomicU64::new(0);
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut x = node.0
+        ^ since_epoch.as_secs().rotate_left(32)
+        ^ u64::from(since_epoch.subsec_nanos())
+        ^ u64::from(std::process::id()).rotate_left(48)
+        ^ STARTS.fetch_add(1, Ordering::Relaxed).rotate_left(16);
+    // SplitMix64 finaliser: spreads the inputs over all 64 bits.
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
 
 impl<S, M, T> Driver<S, M, T>
 where
@@ -523,7 +548,7 @@ where
             Input::Propose { command, reply } => {
                 let seq = self.next_seq;
                 let mut tagged = Vec::with_capacity(TAG_BYTES + command.len());
-                tagged.extend_from_slice(&self.replica.id().0.to_le_bytes());
+                tagged.extend_from_slice(&self.proposer_id.to_le_bytes());
                 tagged.extend_from_slice(&seq.to_le_bytes());
                 tagged.extend_from_slice(&command);
                 match self.replica.propose(tagged) {
@@ -676,7 +701,7 @@ where
     fn apply(&mut self, slot: Slot, value: &Value) {
         debug_assert_eq!(slot, self.applied + 1, "chosen entries arrive in order");
         if let Value::Commands(commands) = value {
-            let me = self.replica.id().0;
+            let me = self.proposer_id;
             for tagged in commands {
                 let Some((tag, command)) = tagged.split_at_checked(TAG_BYTES) else {
                     // Every replica sees the same bytes, so skipping is
@@ -685,8 +710,8 @@ where
                     continue;
                 };
                 let output = self.state_machine.apply(slot, command);
-                let origin = u64::from_le_bytes(tag[..8].try_into().unwrap_or([0; 8]));
-                if origin == me {
+                let proposer = u64::from_le_bytes(tag[..8].try_into().unwrap_or([0; 8]));
+                if proposer == me {
                     let seq = u64::from_le_bytes(tag[8..].try_into().unwrap_or([0; 8]));
                     if let Some(reply) = self.proposals.remove(&seq) {
                         let _ = reply.send(Ok(output));
