@@ -56,7 +56,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use controller::{
     decode, encode, ClientId, ConfigNum, Configuration, Controller, ControllerCommand,
@@ -70,6 +70,9 @@ use storage::wal::WalOptions;
 use storage::RealFs;
 use tempfile::TempDir;
 
+mod common;
+use common::{seed_from_env, SplitMix64};
+
 const SEED_ENV: &str = "CONTROLLER_FAULT_SEED";
 const SHARDS: u32 = 10;
 /// Most changes one client sends in a run.
@@ -81,52 +84,6 @@ const RUN_LIMIT: Duration = Duration::from_secs(25);
 
 // ---------------------------------------------------------------------------
 // Randomness.
-
-/// SplitMix64: tiny, seedable, good enough to pick faults.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`; the modulo bias is irrelevant here).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// Uniform index into a collection of `len > 0` items.
-    fn index(&mut self, len: usize) -> usize {
-        let len = u64::try_from(len).expect("len fits u64");
-        usize::try_from(self.below(len)).expect("index fits usize")
-    }
-
-    /// Uniform duration in `[low, high)` milliseconds.
-    fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(low + self.below(high - low))
-    }
-}
-
-/// The base seed: `CONTROLLER_FAULT_SEED`, or the clock.
-fn base_seed() -> u64 {
-    match std::env::var(SEED_ENV) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{SEED_ENV}={text:?} is not a u64")),
-        Err(_) => {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.as_nanos());
-            SplitMix64(u64::try_from(nanos % u128::from(u64::MAX)).unwrap_or(0)).next_u64()
-        }
-    }
-}
 
 /// Prints the seed again if the scenario panics, so it is at the end of the
 /// failure output.
@@ -863,7 +820,7 @@ async fn read_latest(cluster: &Cluster) -> Configuration {
 }
 
 async fn run(scenario: Scenario) {
-    let base = base_seed();
+    let base = seed_from_env(SEED_ENV);
     let _report = SeedReport {
         name: scenario.name,
         seed: base,

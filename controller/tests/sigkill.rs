@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use controller::{
     ClerkError, ClerkOptions, ConfigNum, Configuration, Controller, ControllerClerk,
@@ -44,6 +44,9 @@ use controller::{
 };
 use paxos_log::{DriverOptions, NetLimits, NodeId};
 use tempfile::TempDir;
+
+mod common;
+use common::{seed_from_env, SplitMix64};
 
 const PARENT_TEST: &str = "configurations_survive_sigkill_of_any_or_all_replicas";
 const CHILD_TEST: &str = "sigkill_replica_child";
@@ -392,47 +395,6 @@ impl Replicas {
 // ---------------------------------------------------------------------------
 // The clerk.
 
-/// SplitMix64, for the clerk's choices and the kill schedule.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    fn index(&mut self, len: usize) -> usize {
-        let len = u64::try_from(len).expect("len fits u64");
-        usize::try_from(self.below(len)).expect("index fits usize")
-    }
-
-    fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(low + self.below(high - low))
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var(SEED_ENV) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{SEED_ENV}={text:?} is not a u64")),
-        Err(_) => {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |elapsed| elapsed.subsec_nanos());
-            SplitMix64(u64::from(nanos)).next_u64()
-        }
-    }
-}
-
 /// Prints the seed again at the end of a failure's output.
 struct SeedReport(u64);
 
@@ -708,7 +670,7 @@ fn wait_for_changes(progress: &Progress, clerk: &tokio::task::JoinHandle<Vec<Ent
 #[test]
 fn configurations_survive_sigkill_of_any_or_all_replicas() {
     let started = Instant::now();
-    let seed = seed();
+    let seed = seed_from_env(SEED_ENV);
     let _report = SeedReport(seed);
     eprintln!("{PARENT_TEST}: {SEED_ENV}={seed}");
     let mut rng = SplitMix64(seed);

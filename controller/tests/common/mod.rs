@@ -160,3 +160,52 @@ pub fn moved(
 pub fn gids(config: &Configuration) -> BTreeSet<Gid> {
     config.groups.keys().copied().collect()
 }
+
+/// SplitMix64: a tiny seedable generator for fault schedules and client
+/// choices in the fault tests (not for anything that needs quality).
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next 64 pseudo-random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`; the modulo bias is irrelevant here).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform index into a collection of `len > 0` items.
+    pub fn index(&mut self, len: usize) -> usize {
+        let len = u64::try_from(len).expect("len fits u64");
+        usize::try_from(self.below(len)).expect("index fits usize")
+    }
+
+    /// Uniform duration in `[low, high)` milliseconds.
+    pub fn millis(&mut self, low: u64, high: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(low + self.below(high - low))
+    }
+}
+
+/// The seed a fault test runs with: the environment variable `var` when set
+/// (to replay a failure), else one drawn from the clock.
+pub fn seed_from_env(var: &str) -> u64 {
+    match std::env::var(var) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={text:?} is not a u64")),
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_nanos());
+            SplitMix64(u64::try_from(nanos % u128::from(u64::MAX)).unwrap_or(0)).next_u64()
+        }
+    }
+}
