@@ -46,13 +46,10 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use paxos_log::net::service::{ConnectionStats, TarpcServer};
 use paxos_log::net::{PeerListener, ServerHandle};
 use paxos_log::{
     Config, DriverOptions, NetLimits, Node, NodeError, NodeHandle, NodeId, NodeMetrics, Role, Slot,
@@ -62,27 +59,19 @@ use storage::snapshot::SnapshotStore;
 use storage::wal::WalOptions;
 use storage::{RealFs, StorageError};
 use tarpc::context;
-use tarpc::server::{BaseChannel, Channel};
-use tarpc::tokio_util::sync::CancellationToken;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::{sleep, Instant};
-use tracing::{debug, error, warn};
+use tarpc::server::InFlightRequest;
+use tokio::net::TcpListener;
+use tracing::error;
 
 use crate::config::{ConfigNum, Configuration};
 use crate::error::ControllerError;
 use crate::limits::MAX_REQUEST_BYTES;
-use crate::rpc::{ServiceError, ShardController};
+use crate::rpc::{ServiceError, ShardController, ShardControllerRequest, ShardControllerResponse};
 use crate::session::ClientId;
 use crate::state_machine::ControllerStateMachine;
 use crate::wire::{
     decode, encode, ControllerCommand, ControllerOp, ControllerQuery, ControllerReply,
 };
-use paxos_log::net::codec::{framed, WireCodec};
-
-/// Pause after a failed `accept` (say, out of file descriptors), so the
-/// loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// The two addresses of one controller replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -468,13 +457,10 @@ pub struct ClientServerStats {
     pub queries: u64,
 }
 
+/// The admin service's own counters; the connection counters live in the
+/// shared [`TarpcServer`].
 #[derive(Debug, Default)]
 struct Counters {
-    connections_accepted: AtomicU64,
-    connections_refused: AtomicU64,
-    connections_failed: AtomicU64,
-    connections_idle: AtomicU64,
-    connection_panics: AtomicU64,
     changes: AtomicU64,
     queries: AtomicU64,
 }
@@ -484,14 +470,14 @@ fn bump(counter: &AtomicU64) {
 }
 
 impl Counters {
-    fn snapshot(&self) -> ClientServerStats {
+    fn snapshot(&self, connections: ConnectionStats) -> ClientServerStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ClientServerStats {
-            connections_accepted: get(&self.connections_accepted),
-            connections_refused: get(&self.connections_refused),
-            connections_failed: get(&self.connections_failed),
-            connections_idle: get(&self.connections_idle),
-            connection_panics: get(&self.connection_panics),
+            connections_accepted: connections.connections_accepted,
+            connections_refused: connections.connections_refused,
+            connections_failed: connections.connections_failed,
+            connections_idle: connections.connections_idle,
+            connection_panics: connections.connection_panics,
             changes: get(&self.changes),
             queries: get(&self.queries),
         }
@@ -573,164 +559,34 @@ impl ShardController for ClientService {
     }
 }
 
-/// The running client listener: accept loop plus one task per connection,
-/// bounded like the log's peer server.
+/// The running client listener: the shared bounded tarpc server (see
+/// [`paxos_log::net::service`]) serving [`ClientService`].
 #[derive(Debug)]
 struct ClientServer {
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    server: TarpcServer,
     counters: Arc<Counters>,
 }
 
 impl ClientServer {
     fn start(listener: TcpListener, service: ClientService, limits: NetLimits) -> ClientServer {
-        let shutdown = CancellationToken::new();
         let counters = Arc::clone(&service.counters);
-        let task = tokio::spawn(accept_loop(listener, service, limits, shutdown.clone()));
-        ClientServer {
-            shutdown,
-            task: Some(task),
-            counters,
-        }
+        let server = TarpcServer::spawn(
+            "controller admin",
+            listener,
+            move |request: InFlightRequest<ShardControllerRequest, ShardControllerResponse>| {
+                request.execute(service.clone().serve())
+            },
+            limits,
+        );
+        ClientServer { server, counters }
     }
 
     fn stats(&self) -> ClientServerStats {
-        self.counters.snapshot()
+        self.counters.snapshot(self.server.stats())
     }
 
     /// Stops accepting, closes every connection, waits for every task.
-    async fn shutdown(mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            if let Err(cause) = task.await {
-                if cause.is_panic() {
-                    bump(&self.counters.connection_panics);
-                    error!(%cause, "the controller's client accept loop panicked");
-                }
-            }
-        }
-    }
-}
-
-impl Drop for ClientServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            // Dropping the accept loop's `JoinSet` aborts every connection.
-            task.abort();
-        }
-    }
-}
-
-/// Why a client connection ended.
-#[derive(Debug)]
-enum ConnectionEnd {
-    /// The client closed it, or the server is stopping.
-    Closed,
-    /// No request for `idle_timeout`.
-    Idle,
-    /// Bad input or an I/O error.
-    Failed,
-}
-
-fn record_end(counters: &Counters, joined: Result<ConnectionEnd, tokio::task::JoinError>) {
-    match joined {
-        Ok(ConnectionEnd::Closed) => {}
-        Ok(ConnectionEnd::Idle) => bump(&counters.connections_idle),
-        Ok(ConnectionEnd::Failed) => bump(&counters.connections_failed),
-        Err(cause) if cause.is_panic() => {
-            bump(&counters.connection_panics);
-            error!(%cause, "a controller client connection task panicked");
-        }
-        Err(_) => {}
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    service: ClientService,
-    limits: NetLimits,
-    shutdown: CancellationToken,
-) {
-    let counters = Arc::clone(&service.counters);
-    let mut connections: JoinSet<ConnectionEnd> = JoinSet::new();
-    loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            Some(joined) = connections.join_next(), if !connections.is_empty() => {
-                record_end(&counters, joined);
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if connections.len() >= limits.max_connections {
-                        bump(&counters.connections_refused);
-                        debug!(%peer, "too many admin connections; closed a new one");
-                        drop(stream);
-                        continue;
-                    }
-                    bump(&counters.connections_accepted);
-                    connections.spawn(serve_connection(
-                        stream,
-                        peer,
-                        service.clone(),
-                        limits.clone(),
-                        shutdown.clone(),
-                    ));
-                }
-                Err(cause) => {
-                    warn!(%cause, "accepting an admin connection failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = sleep(ACCEPT_ERROR_PAUSE) => {}
-                    }
-                }
-            }
-        }
-    }
-    // Stop listening (free the port) before waiting for the connections.
-    drop(listener);
-    connections.abort_all();
-    while let Some(joined) = connections.join_next().await {
-        record_end(&counters, joined);
-    }
-}
-
-/// Serves one admin connection until the client closes it, it fails, it
-/// idles out, or the server stops. Returning drops (closes) the socket.
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    service: ClientService,
-    limits: NetLimits,
-    shutdown: CancellationToken,
-) -> ConnectionEnd {
-    let _ = stream.set_nodelay(true);
-    let transport = framed(stream, &limits, WireCodec::server(&limits));
-    let mut requests = pin!(BaseChannel::with_defaults(transport).requests());
-    let mut in_flight = FuturesUnordered::new();
-    let in_flight_max = limits.max_in_flight_per_connection.max(1);
-    let mut idle = pin!(sleep(limits.idle_timeout));
-    loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return ConnectionEnd::Closed,
-            // A connection waiting on a slow change is busy, not idle.
-            () = &mut idle, if in_flight.is_empty() => return ConnectionEnd::Idle,
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {
-                idle.as_mut().reset(Instant::now() + limits.idle_timeout);
-            }
-            request = requests.next(), if in_flight.len() < in_flight_max => match request {
-                Some(Ok(request)) => {
-                    idle.as_mut().reset(Instant::now() + limits.idle_timeout);
-                    in_flight.push(request.execute(service.clone().serve()));
-                }
-                Some(Err(cause)) => {
-                    debug!(%peer, %cause, "closed an admin connection");
-                    return ConnectionEnd::Failed;
-                }
-                None => return ConnectionEnd::Closed,
-            },
-        }
+    async fn shutdown(self) {
+        self.server.shutdown().await;
     }
 }

@@ -12,6 +12,10 @@
 //!  peer: PeerListener ──► a task per connection ──► NodeHandle::deliver ──► driver
 //! ```
 //!
+//! The accept loop, connection limits, idle timeouts and shutdown of the
+//! server side are [`service`]'s generic [`service::TarpcServer`], which
+//! other services of the system (the controller's admin service) share.
+//!
 //! This is the only code of the log that touches a socket: the core
 //! ([`crate::Replica`]) and the driver ([`crate::Node`]) see only the
 //! [`Transport`](crate::Transport) trait and
@@ -70,6 +74,7 @@ mod client;
 pub mod codec;
 pub mod rpc;
 mod server;
+pub mod service;
 
 use std::time::Duration;
 

@@ -3,30 +3,19 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
 use tarpc::context;
-use tarpc::server::{BaseChannel, Channel};
-use tarpc::tokio_util::sync::CancellationToken;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinError, JoinHandle, JoinSet};
-use tokio::time::{sleep, Instant};
-use tracing::{debug, error, warn};
+use tarpc::server::InFlightRequest;
+use tokio::net::TcpListener;
+use tracing::debug;
 
 use crate::driver::NodeHandle;
 use crate::message::Envelope;
-use crate::net::codec::{framed, WireCodec};
-use crate::net::rpc::PaxosPeer;
+use crate::net::rpc::{PaxosPeer, PaxosPeerRequest, PaxosPeerResponse};
+use crate::net::service::{ConnectionStats, TarpcServer};
 use crate::net::NetLimits;
-
-/// Pause after a failed `accept` (say, out of file descriptors), so the
-/// loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// A bound listening socket, not yet serving. Binding first lets a caller
 /// learn every replica's address (port 0 in tests) before any replica
@@ -61,22 +50,22 @@ impl PeerListener {
     /// the accept loop on the current tokio runtime.
     pub fn start(self, handle: NodeHandle, group: u64) -> ServerHandle {
         let counters = Arc::new(Counters::default());
-        let shutdown = CancellationToken::new();
         let service = PeerService {
             handle,
             group,
             counters: Arc::clone(&counters),
         };
-        let task = tokio::spawn(accept_loop(
+        let server = TarpcServer::spawn(
+            "paxos peer",
             self.listener,
-            service,
+            move |request: InFlightRequest<PaxosPeerRequest, PaxosPeerResponse>| {
+                request.execute(service.clone().serve())
+            },
             self.limits,
-            shutdown.clone(),
-        ));
+        );
         ServerHandle {
             local_addr: self.local_addr,
-            shutdown,
-            task: Some(task),
+            server,
             counters,
         }
     }
@@ -123,14 +112,10 @@ pub struct ServerStats {
     pub envelopes_wrong_node: u64,
 }
 
+/// The peer service's own counters; the connection counters live in the
+/// shared [`TarpcServer`].
 #[derive(Debug, Default)]
 struct Counters {
-    connections_accepted: AtomicU64,
-    connections_refused: AtomicU64,
-    connections_failed: AtomicU64,
-    connections_idle: AtomicU64,
-    connection_panics: AtomicU64,
-    accept_errors: AtomicU64,
     batches_received: AtomicU64,
     batches_wrong_group: AtomicU64,
     envelopes_delivered: AtomicU64,
@@ -142,15 +127,15 @@ fn bump(counter: &AtomicU64, by: u64) {
 }
 
 impl Counters {
-    fn snapshot(&self) -> ServerStats {
+    fn snapshot(&self, connections: ConnectionStats) -> ServerStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ServerStats {
-            connections_accepted: get(&self.connections_accepted),
-            connections_refused: get(&self.connections_refused),
-            connections_failed: get(&self.connections_failed),
-            connections_idle: get(&self.connections_idle),
-            connection_panics: get(&self.connection_panics),
-            accept_errors: get(&self.accept_errors),
+            connections_accepted: connections.connections_accepted,
+            connections_refused: connections.connections_refused,
+            connections_failed: connections.connections_failed,
+            connections_idle: connections.connections_idle,
+            connection_panics: connections.connection_panics,
+            accept_errors: connections.accept_errors,
             batches_received: get(&self.batches_received),
             batches_wrong_group: get(&self.batches_wrong_group),
             envelopes_delivered: get(&self.envelopes_delivered),
@@ -165,8 +150,7 @@ impl Counters {
 #[must_use = "dropping the handle stops the server"]
 pub struct ServerHandle {
     local_addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    server: TarpcServer,
     counters: Arc<Counters>,
 }
 
@@ -178,37 +162,15 @@ impl ServerHandle {
 
     /// What the server has done so far.
     pub fn stats(&self) -> ServerStats {
-        self.counters.snapshot()
+        self.counters.snapshot(self.server.stats())
     }
 
     /// Stops accepting, closes every connection, and waits until every
     /// task of the server has ended and the port is released. Returns the
     /// final statistics.
-    pub async fn shutdown(mut self) -> ServerStats {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            if let Err(cause) = task.await {
-                record_join_error(&self.counters, &cause);
-            }
-        }
-        self.stats()
-    }
-}
-
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(task) = self.task.take() {
-            // Dropping the accept loop's `JoinSet` aborts every connection.
-            task.abort();
-        }
-    }
-}
-
-fn record_join_error(counters: &Counters, cause: &JoinError) {
-    if cause.is_panic() {
-        bump(&counters.connection_panics, 1);
-        error!(%cause, "a paxos peer server task panicked");
+    pub async fn shutdown(self) -> ServerStats {
+        let connections = self.server.shutdown().await;
+        self.counters.snapshot(connections)
     }
 }
 
@@ -245,120 +207,4 @@ impl PaxosPeer for PeerService {
         bump(&self.counters.envelopes_delivered, delivered);
         bump(&self.counters.envelopes_wrong_node, count - delivered);
     }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    service: PeerService,
-    limits: NetLimits,
-    shutdown: CancellationToken,
-) {
-    let counters = Arc::clone(&service.counters);
-    let mut connections: JoinSet<ConnectionEnd> = JoinSet::new();
-    loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            Some(joined) = connections.join_next(), if !connections.is_empty() => {
-                match joined {
-                    Ok(end) => record_end(&counters, &end),
-                    Err(cause) => record_join_error(&counters, &cause),
-                }
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if connections.len() >= limits.max_connections {
-                        bump(&counters.connections_refused, 1);
-                        debug!(%peer, "too many connections; closed a new one");
-                        drop(stream);
-                        continue;
-                    }
-                    bump(&counters.connections_accepted, 1);
-                    connections.spawn(serve_connection(
-                        stream,
-                        peer,
-                        service.clone(),
-                        limits.clone(),
-                        shutdown.clone(),
-                    ));
-                }
-                Err(cause) => {
-                    bump(&counters.accept_errors, 1);
-                    warn!(%cause, "accepting a paxos peer connection failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = sleep(ACCEPT_ERROR_PAUSE) => {}
-                    }
-                }
-            }
-        }
-    }
-    // Stop listening before waiting for the connections.
-    drop(listener);
-    connections.abort_all();
-    while let Some(joined) = connections.join_next().await {
-        match joined {
-            Ok(end) => record_end(&counters, &end),
-            Err(cause) => record_join_error(&counters, &cause),
-        }
-    }
-}
-
-/// Why a connection ended.
-#[derive(Debug)]
-enum ConnectionEnd {
-    /// The peer closed it.
-    Closed,
-    /// The server is stopping.
-    Shutdown,
-    /// No request for `idle_timeout`.
-    Idle,
-    /// Bad input or an I/O error.
-    Failed(String),
-}
-
-fn record_end(counters: &Counters, end: &ConnectionEnd) {
-    match end {
-        ConnectionEnd::Closed | ConnectionEnd::Shutdown => {}
-        ConnectionEnd::Idle => bump(&counters.connections_idle, 1),
-        ConnectionEnd::Failed(_) => bump(&counters.connections_failed, 1),
-    }
-}
-
-/// Serves one connection until the peer closes it, it fails, it idles out,
-/// or the server stops. Returning drops (closes) the socket.
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    service: PeerService,
-    limits: NetLimits,
-    shutdown: CancellationToken,
-) -> ConnectionEnd {
-    // Latency matters more than packet count for small protocol messages.
-    let _ = stream.set_nodelay(true);
-    let transport = framed(stream, &limits, WireCodec::server(&limits));
-    let mut requests = pin!(BaseChannel::with_defaults(transport).requests());
-    let mut in_flight = FuturesUnordered::new();
-    let in_flight_max = limits.max_in_flight_per_connection.max(1);
-    let mut idle = pin!(sleep(limits.idle_timeout));
-    let end = loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break ConnectionEnd::Shutdown,
-            () = &mut idle => break ConnectionEnd::Idle,
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            request = requests.next(), if in_flight.len() < in_flight_max => match request {
-                Some(Ok(request)) => {
-                    idle.as_mut().reset(Instant::now() + limits.idle_timeout);
-                    in_flight.push(request.execute(service.clone().serve()));
-                }
-                Some(Err(cause)) => break ConnectionEnd::Failed(cause.to_string()),
-                None => break ConnectionEnd::Closed,
-            },
-        }
-    };
-    if let ConnectionEnd::Failed(cause) = &end {
-        debug!(%peer, %cause, "closed a paxos peer connection");
-    }
-    end
 }
