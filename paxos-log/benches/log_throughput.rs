@@ -2,28 +2,77 @@
 //!
 //! Method: three replicas in one process, each with its own driver thread
 //! and its own `WalAcceptorStore` in a fresh directory on the disk under
-//! test, connected by the in-process `ChannelTransport` (no serialization,
-//! no sockets: this measures the log and the disk, not the network). N tokio
-//! tasks propose 100-byte commands to the leader in a closed loop; a
-//! proposal counts when the leader has applied it, i.e. after a majority
-//! fsync'd it. Each row runs for the same wall time after a short warm-up.
+//! test. N tokio tasks propose 100-byte commands to the leader in a closed
+//! loop; a proposal counts when the leader has applied it, i.e. after a
+//! majority fsync'd it. Each row runs for the same wall time after a short
+//! warm-up, on a fresh group.
 //!
-//! Run: `cargo bench -p paxos-log --bench log_throughput -- [--seconds S] [--dir PATH] [--clients 1,16,64,256]`
+//! `--transport` picks how the replicas reach each other:
+//!
+//! - `channel` (the default): the in-process `ChannelTransport`, with no
+//!   serialization and no sockets, so a table measures the log and the
+//!   disk, not the network.
+//! - `tcp`: the production network transport, `net::TarpcTransport` to
+//!   each peer and a `net::PeerListener` per replica on 127.0.0.1 (port 0),
+//!   so every message is serialized, framed and sent over loopback TCP. A
+//!   table then adds the cost of the network stack (but not of a real
+//!   network's latency). Each row's servers are shut down and its nodes
+//!   stopped before the next row starts.
+//!
+//! The title line of each table names the transport it used.
+//!
+//! Run: `cargo bench -p paxos-log --bench log_throughput -- [--seconds S] [--dir PATH] [--clients 1,16,64,256] [--transport channel|tcp]`
 
 #![allow(clippy::print_stdout)]
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use paxos_log::net::{PeerListener, ServerHandle};
 use paxos_log::store::wal::WalAcceptorStore;
 use paxos_log::{
-    ChannelTransport, Config, DriverOptions, Node, NodeHandle, NodeId, Role, Slot, StateMachine,
+    ChannelTransport, Config, DriverOptions, NetLimits, Node, NodeHandle, NodeId, Role, Slot,
+    StateMachine, TarpcTransport,
 };
 use storage::wal::WalOptions;
 use storage::RealFs;
 
 const COMMAND_BYTES: usize = 100;
+
+/// The group id the TCP servers accept; any value works, as long as every
+/// replica of the group uses the same one.
+const GROUP: u64 = 1;
+
+/// How the replicas of a row reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TransportKind {
+    /// The in-process `ChannelTransport`: no serialization, no sockets.
+    Channel,
+    /// `TarpcTransport` + `PeerListener` over loopback TCP.
+    Tcp,
+}
+
+impl TransportKind {
+    fn parse(name: &str) -> Result<TransportKind, String> {
+        match name {
+            "channel" => Ok(TransportKind::Channel),
+            "tcp" => Ok(TransportKind::Tcp),
+            other => Err(format!(
+                "--transport: expected `channel` or `tcp`, got `{other}`"
+            )),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            TransportKind::Channel => "in-process channel transport (no serialization, no sockets)",
+            TransportKind::Tcp => "tarpc TCP transport over 127.0.0.1 loopback",
+        }
+    }
+}
 
 /// Counts applied commands; the benchmark is about the log, not the state.
 #[derive(Debug, Default)]
@@ -62,19 +111,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
         None => vec![1, 16, 64, 256],
     };
+    let transport = flag("--transport")
+        .map(|s| TransportKind::parse(s))
+        .transpose()?
+        .unwrap_or(TransportKind::Channel);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
 
     println!(
-        "\n3-replica paxos-log, in-process transport, WAL fsync on every replica, \
+        "\n3-replica paxos-log, {}, WAL fsync on every replica, \
          {COMMAND_BYTES}-byte commands, {seconds} s per row, dir {}",
+        transport.describe(),
         base.display()
     );
     println!("| proposers | committed ops/s | p50 ms | p99 ms | p999 ms | max ms | fsyncs/s per replica |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &clients {
-        let row = runtime.block_on(run_row(&base, n, Duration::from_secs_f64(seconds)))?;
+        let row = runtime.block_on(run_row(
+            &base,
+            transport,
+            n,
+            Duration::from_secs_f64(seconds),
+        ))?;
         println!(
             "| {n} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
             row.ops as f64 / row.seconds,
@@ -106,36 +165,149 @@ fn ms(us: u32) -> f64 {
     f64::from(us) / 1000.0
 }
 
-async fn run_row(
+/// The running group of one row, and what must be torn down after it.
+struct Group {
+    nodes: Vec<Node<Counter>>,
+    /// TCP only: one server per replica.
+    servers: Vec<ServerHandle>,
+    /// TCP only: kept alive until the nodes are stopped; dropping one
+    /// aborts its peer tasks.
+    transports: Vec<Arc<TarpcTransport>>,
+    /// Removed (with the WAL in them) when dropped.
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Group {
+    /// Stops the servers first (waiting until their ports are released),
+    /// then the nodes (joining their driver threads), then the transports
+    /// (aborting their peer tasks), then removes the WAL directories.
+    async fn stop(self) {
+        for server in self.servers {
+            server.shutdown().await;
+        }
+        for node in self.nodes {
+            node.stop();
+        }
+        drop(self.transports);
+        drop(self.dirs);
+    }
+}
+
+fn open_store(
     base: &Path,
-    proposers: usize,
-    duration: Duration,
-) -> Result<Row, Box<dyn std::error::Error>> {
-    let members: Vec<NodeId> = (1..=3).map(NodeId).collect();
+) -> Result<(tempfile::TempDir, WalAcceptorStore), Box<dyn std::error::Error>> {
+    let dir = tempfile::Builder::new()
+        .prefix("paxos-bench")
+        .tempdir_in(base)?;
+    let store = WalAcceptorStore::open(RealFs::shared(), dir.path(), WalOptions::default())?;
+    Ok((dir, store))
+}
+
+fn driver_options() -> DriverOptions {
+    DriverOptions {
+        tick: Duration::from_millis(10),
+        ..DriverOptions::default()
+    }
+}
+
+/// Three replicas connected by the in-process `ChannelTransport`.
+fn start_channel_group(
+    base: &Path,
+    members: &[NodeId],
+) -> Result<Group, Box<dyn std::error::Error>> {
     let network = Arc::new(ChannelTransport::new());
     let mut dirs = Vec::new();
     let mut nodes = Vec::new();
-    for &id in &members {
-        let dir = tempfile::Builder::new()
-            .prefix("paxos-bench")
-            .tempdir_in(base)?;
-        let store = WalAcceptorStore::open(RealFs::shared(), dir.path(), WalOptions::default())?;
-        let config = Config::new(id, members.clone());
-        let options = DriverOptions {
-            tick: Duration::from_millis(10),
-            ..DriverOptions::default()
-        };
+    for &id in members {
+        let (dir, store) = open_store(base)?;
         let node = Node::start(
-            config,
+            Config::new(id, members.to_vec()),
             store,
             Counter::default(),
             Arc::clone(&network),
-            options,
+            driver_options(),
         )?;
         network.register(id, node.handle());
         nodes.push(node);
         dirs.push(dir);
     }
+    Ok(Group {
+        nodes,
+        servers: Vec::new(),
+        transports: Vec::new(),
+        dirs,
+    })
+}
+
+/// Three replicas talking over loopback TCP: every listener is bound first
+/// (port 0), so every address is known before any replica starts.
+async fn start_tcp_group(
+    base: &Path,
+    members: &[NodeId],
+) -> Result<Group, Box<dyn std::error::Error>> {
+    let limits = NetLimits::default();
+    let mut listeners = Vec::new();
+    let mut addrs = BTreeMap::new();
+    for &id in members {
+        let listener =
+            PeerListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)), limits.clone()).await?;
+        addrs.insert(id, listener.local_addr());
+        listeners.push(listener);
+    }
+    let runtime = tokio::runtime::Handle::current();
+    let mut group = Group {
+        nodes: Vec::new(),
+        servers: Vec::new(),
+        transports: Vec::new(),
+        dirs: Vec::new(),
+    };
+    for (&id, listener) in members.iter().zip(listeners) {
+        let peers: BTreeMap<NodeId, SocketAddr> = addrs
+            .iter()
+            .filter(|(peer, _)| **peer != id)
+            .map(|(peer, addr)| (*peer, *addr))
+            .collect();
+        let transport = Arc::new(TarpcTransport::new(&runtime, peers, GROUP, limits.clone()));
+        let (dir, store) = match open_store(base) {
+            Ok(opened) => opened,
+            Err(e) => {
+                group.stop().await;
+                return Err(e);
+            }
+        };
+        let node = match Node::start(
+            Config::new(id, members.to_vec()),
+            store,
+            Counter::default(),
+            Arc::clone(&transport),
+            driver_options(),
+        ) {
+            Ok(node) => node,
+            Err(e) => {
+                group.stop().await;
+                return Err(e.into());
+            }
+        };
+        group.servers.push(listener.start(node.handle(), GROUP));
+        group.nodes.push(node);
+        group.transports.push(transport);
+        group.dirs.push(dir);
+    }
+    Ok(group)
+}
+
+async fn run_row(
+    base: &Path,
+    transport: TransportKind,
+    proposers: usize,
+    duration: Duration,
+) -> Result<Row, Box<dyn std::error::Error>> {
+    let members: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let group = match transport {
+        TransportKind::Channel => start_channel_group(base, &members)?,
+        TransportKind::Tcp => start_tcp_group(base, &members).await?,
+    };
+    let nodes = &group.nodes;
     let handles: Vec<NodeHandle> = nodes.iter().map(Node::handle).collect();
     let leader = loop {
         if let Some(h) = handles
@@ -177,16 +349,21 @@ async fn run_row(
     let fsyncs_start = persists_before(&handles);
     let measured_start = Instant::now();
     let mut latencies_us = Vec::new();
+    let mut join_error = None;
     for task in tasks {
-        latencies_us.extend(task.await?);
+        match task.await {
+            Ok(latencies) => latencies_us.extend(latencies),
+            Err(e) => join_error = Some(e),
+        }
     }
     let seconds = measured_start
         .elapsed()
         .as_secs_f64()
         .min(duration.as_secs_f64());
     let fsyncs = persists_before(&handles) - fsyncs_start;
-    for node in nodes {
-        node.stop();
+    group.stop().await;
+    if let Some(e) = join_error {
+        return Err(e.into());
     }
     latencies_us.sort_unstable();
     Ok(Row {
