@@ -440,17 +440,8 @@ impl ControllerServer {
 /// What a client listener has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClientServerStats {
-    /// Connections accepted and served.
-    pub connections_accepted: u64,
-    /// Connections closed on accept because `max_connections` were open.
-    pub connections_refused: u64,
-    /// Connections closed on bad input (oversized, undecodable or
-    /// truncated frame, deadline too far) or an I/O error.
-    pub connections_failed: u64,
-    /// Connections closed after `idle_timeout` without a request.
-    pub connections_idle: u64,
-    /// Connection tasks that panicked (a bug; the server goes on).
-    pub connection_panics: u64,
+    /// What the shared server did with connections.
+    pub connections: ConnectionStats,
     /// `change` calls received.
     pub changes: u64,
     /// `query` calls received.
@@ -473,11 +464,7 @@ impl Counters {
     fn snapshot(&self, connections: ConnectionStats) -> ClientServerStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ClientServerStats {
-            connections_accepted: connections.connections_accepted,
-            connections_refused: connections.connections_refused,
-            connections_failed: connections.connections_failed,
-            connections_idle: connections.connections_idle,
-            connection_panics: connections.connection_panics,
+            connections,
             changes: get(&self.changes),
             queries: get(&self.queries),
         }

@@ -23,7 +23,7 @@ use storage::wal::WalOptions;
 use storage::RealFs;
 
 mod cluster;
-use cluster::{commands_of, wait_applied, wait_for_leader, LogMachine};
+use cluster::{commands_of, commit, wait_applied, wait_for_leader, LogMachine};
 
 fn options() -> DriverOptions {
     DriverOptions {
@@ -203,18 +203,7 @@ async fn acknowledged_proposals_survive_restarts_from_disk() {
 
     // Settle: one more command through the leader, then everyone applies it.
     let handles: Vec<NodeHandle> = nodes.iter().flatten().map(Node::handle).collect();
-    let leader = wait_for_leader(&handles).await;
-    let mut last = None;
-    for _ in 0..100 {
-        match leader.propose(b"final".to_vec()).await {
-            Ok(slot) => {
-                last = Some(u64::from_le_bytes(slot.try_into().unwrap()));
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    let last = last.expect("the healed cluster takes a proposal");
+    let last = commit(&handles, b"final").await;
     wait_applied(&handles, last).await;
 
     let machines: Vec<LogMachine> = nodes
@@ -291,14 +280,7 @@ fn start_with_snapshots(
 async fn propose_all(handles: &[NodeHandle], tag: u8, count: u16) -> Slot {
     let mut last = 0;
     for i in 0..count {
-        loop {
-            let leader = wait_for_leader(handles).await;
-            let command = [vec![tag], i.to_le_bytes().to_vec()].concat();
-            if let Ok(slot) = leader.propose(command).await {
-                last = u64::from_le_bytes(slot.try_into().unwrap());
-                break;
-            }
-        }
+        last = commit(handles, &[vec![tag], i.to_le_bytes().to_vec()].concat()).await;
     }
     last
 }

@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod cluster;
-use cluster::{commands_of, wait_applied, wait_for_leader, LogMachine};
+use cluster::{commands_of, commit, wait_applied, wait_for_leader, LogMachine};
 
 const GROUP: u64 = 42;
 
@@ -197,10 +197,10 @@ async fn three_replicas_agree_over_tcp() {
         for member in &members_ {
             let stats = member.server.stats();
             assert!(
-                stats.envelopes_delivered > 0 && stats.connections_accepted >= 1,
+                stats.envelopes_delivered > 0 && stats.connections.connections_accepted >= 1,
                 "{stats:?}"
             );
-            assert_eq!(stats.connections_failed, 0, "{stats:?}");
+            assert_eq!(stats.connections.connections_failed, 0, "{stats:?}");
             // A follower sends little, and its first call may still be on
             // its way on a loaded machine: wait for it.
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -214,7 +214,7 @@ async fn three_replicas_agree_over_tcp() {
         let mut machines = Vec::new();
         for member in members_ {
             let (machine, stats) = stop_member(member).await;
-            assert_eq!(stats.connection_panics, 0, "{stats:?}");
+            assert_eq!(stats.connections.connection_panics, 0, "{stats:?}");
             machines.push(machine);
         }
         assert_no_tasks_left().await;
@@ -350,25 +350,14 @@ async fn restarted_follower_reconnects_and_catches_up() {
             .expect("a third replica");
         let (third_machine, _) = stop_member(members_[third].take().unwrap()).await;
         let pair = handles_of(&members_);
-        let leader = wait_for_leader(&pair).await;
-        let mut last = None;
-        for _ in 0..100 {
-            // The pair may still be electing: retry until one commits.
-            match leader.propose(b"after restart".to_vec()).await {
-                Ok(slot) => {
-                    last = Some(u64::from_le_bytes(slot.try_into().unwrap()));
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-        let last = last.expect("the original leader and the restarted replica commit together");
+        // The pair may still be electing: `commit` retries until one commits.
+        let last = commit(&pair, b"after restart").await;
         wait_applied(&pair, last).await;
 
         let mut machines = Vec::new();
         for member in members_.into_iter().flatten() {
             let (machine, stats) = stop_member(member).await;
-            assert_eq!(stats.connection_panics, 0, "{stats:?}");
+            assert_eq!(stats.connections.connection_panics, 0, "{stats:?}");
             machines.push(machine);
         }
         let reference = commands_of(&machines[0]);
@@ -495,9 +484,15 @@ async fn hostile_input_closes_only_its_connection() {
             // The failure is counted (so it was this code that closed it),
             // and no connection task panicked.
             let failed = u64::try_from(i + 1).unwrap();
-            let stats = wait_stats(&target.server, |s| s.connections_failed >= failed).await;
-            assert_eq!(stats.connections_failed, failed, "{case}: {stats:?}");
-            assert_eq!(stats.connection_panics, 0, "{case}: {stats:?}");
+            let stats = wait_stats(&target.server, |s| {
+                s.connections.connections_failed >= failed
+            })
+            .await;
+            assert_eq!(
+                stats.connections.connections_failed, failed,
+                "{case}: {stats:?}"
+            );
+            assert_eq!(stats.connections.connection_panics, 0, "{case}: {stats:?}");
             // The other connections still work: the open client is
             // answered, and the cluster (over its own connections) commits.
             assert_server_answers(&client).await;
@@ -507,7 +502,7 @@ async fn hostile_input_closes_only_its_connection() {
         drop(client);
         for member in members_ {
             let (_, stats) = stop_member(member).await;
-            assert_eq!(stats.connection_panics, 0, "{stats:?}");
+            assert_eq!(stats.connections.connection_panics, 0, "{stats:?}");
         }
         assert_no_tasks_left().await;
     })
@@ -677,7 +672,7 @@ async fn sender_drops_messages_over_the_frame_limit() {
         assert_eq!(sent.connects, 1, "{sent:?}");
         drop(transport);
         let stats = server.shutdown().await;
-        assert_eq!(stats.connections_failed, 0, "{stats:?}");
+        assert_eq!(stats.connections.connections_failed, 0, "{stats:?}");
         assert_eq!(stats.envelopes_delivered, 1, "{stats:?}");
         node.stop().expect("replica thread ends cleanly");
         assert_no_tasks_left().await;
@@ -703,22 +698,23 @@ async fn send_never_blocks_on_a_dead_peer() {
             GROUP,
             net,
         ));
+        // A send that blocked on the full queue of a peer that never drains
+        // would never return; the bound only catches that, not slowness.
         let sender = Arc::clone(&transport);
-        let elapsed = std::thread::spawn(move || {
-            let started = Instant::now();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
             for round in 0..1_000u64 {
                 sender.send((0..100).map(|_| prepare(round, 2)).collect());
                 // And one for a peer the transport does not know.
                 sender.send(vec![prepare(round, 9)]);
             }
-            started.elapsed()
-        })
-        .join()
-        .expect("sender thread");
+            let _ = done_tx.send(());
+        });
         assert!(
-            elapsed < Duration::from_secs(2),
-            "100k sends to a dead peer took {elapsed:?}"
+            done_rx.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "send blocked on a dead peer"
         );
+        thread.join().expect("sender thread");
         let stats = transport.stats();
         assert_eq!(
             stats.envelopes_queued + stats.envelopes_dropped_queue_full,

@@ -88,20 +88,8 @@ pub async fn serve(
 /// What a server has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServerStats {
-    /// Connections accepted and served.
-    pub connections_accepted: u64,
-    /// Connections closed on accept because `max_connections` were open.
-    pub connections_refused: u64,
-    /// Connections closed on bad input (oversized, undecodable or
-    /// truncated frame, deadline too far) or an I/O error (which includes
-    /// a peer that stopped in the middle of a frame).
-    pub connections_failed: u64,
-    /// Connections closed after `idle_timeout` without a request.
-    pub connections_idle: u64,
-    /// Connection tasks that panicked (a bug; the server goes on).
-    pub connection_panics: u64,
-    /// `accept` calls that failed.
-    pub accept_errors: u64,
+    /// What the shared server did with connections.
+    pub connections: ConnectionStats,
     /// Requests whose group matched.
     pub batches_received: u64,
     /// Requests dropped whole because their group did not match.
@@ -130,12 +118,7 @@ impl Counters {
     fn snapshot(&self, connections: ConnectionStats) -> ServerStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         ServerStats {
-            connections_accepted: connections.connections_accepted,
-            connections_refused: connections.connections_refused,
-            connections_failed: connections.connections_failed,
-            connections_idle: connections.connections_idle,
-            connection_panics: connections.connection_panics,
-            accept_errors: connections.accept_errors,
+            connections,
             batches_received: get(&self.batches_received),
             batches_wrong_group: get(&self.batches_wrong_group),
             envelopes_delivered: get(&self.envelopes_delivered),

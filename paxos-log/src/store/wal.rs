@@ -42,17 +42,19 @@
 //! the state after the last successful `persist`, possibly plus the whole
 //! failed batch.
 //!
-//! # Not done yet
+//! # Memory
 //!
-//! The log grows forever: every accepted value stays in the WAL and in the
-//! in-memory state. Compaction ([`Wal::compact_below`]) needs a snapshot of
-//! the acceptor state below the compaction point and comes with snapshots.
+//! The store keeps no copy of the accepted values: the core already holds
+//! the log, and copying every command on the persist path would double both
+//! the memory and the work. The state rebuilt at open is handed to the
+//! first [`AcceptorStore::recover`]; a later `recover` or a `compact` (both
+//! rare) reads the WAL back from disk.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use bincode::Options;
-use storage::wal::{Lsn, RecoveryReport, Wal, WalOptions, WalStats};
+use storage::wal::{Lsn, RecoveryReport, Wal, WalOptions, WalReader, WalStats};
 use storage::{FsRef, StorageError};
 use tracing::info;
 
@@ -86,11 +88,14 @@ const ENCODE_BUFFER_RETAIN_BYTES_MAX: usize = 1 << 20;
 #[derive(Debug)]
 pub struct WalAcceptorStore {
     wal: Wal,
+    fs: FsRef,
     /// The WAL's record limit, which bounds each record this store writes.
-    record_size_bytes_max: usize,
-    /// The state built from every durable record, kept up to date by
-    /// `persist`.
-    state: RecoveredState,
+    record_size_bytes_max: u32,
+    /// The state rebuilt at open, until the first `recover` takes it or the
+    /// first `persist` makes it stale.
+    opened_state: Option<RecoveredState>,
+    /// Every slot up to here is compacted away (a checkpoint says so).
+    compacted_upto: Slot,
     report: RecoveryReport,
     /// Reused for encoding each batch.
     encode_buffer: Vec<u8>,
@@ -112,8 +117,8 @@ impl WalAcceptorStore {
         options: WalOptions,
     ) -> Result<WalAcceptorStore, StorageError> {
         let mut state = RecoveredState::default();
-        let options_record_max = options.record_size_bytes_max as usize;
-        let (wal, report) = Wal::open_replay(fs, dir, options, |lsn, payload| {
+        let record_size_bytes_max = options.record_size_bytes_max;
+        let (wal, report) = Wal::open_replay(fs.clone(), dir, options, |lsn, payload| {
             decode_record(dir, lsn, payload, &mut state)
         })?;
         info!(
@@ -125,19 +130,15 @@ impl WalAcceptorStore {
             "recovered acceptor state"
         );
         Ok(WalAcceptorStore {
-            record_size_bytes_max: options_record_max,
+            record_size_bytes_max,
+            compacted_upto: state.compacted_upto,
+            opened_state: Some(state),
             wal,
-            state,
+            fs,
             report,
             encode_buffer: Vec::new(),
             failed: None,
         })
-    }
-
-    /// The current durable state (what [`AcceptorStore::recover`] returns,
-    /// without the copy).
-    pub fn state(&self) -> &RecoveredState {
-        &self.state
     }
 
     /// What [`WalAcceptorStore::open`] found and repaired in the WAL.
@@ -164,25 +165,35 @@ impl WalAcceptorStore {
         }
     }
 
-    /// Appends the encoded batch and makes it durable.
-    /// Encodes `ops` as one record and appends it (not yet durable).
-    fn append_record(&mut self, ops: &[PersistOp]) -> Result<Lsn, StorageError> {
+    /// Encodes `ops` as one record into `encode_buffer`.
+    fn encode(&mut self, ops: &[PersistOp]) -> Result<(), StorageError> {
         self.encode_buffer.clear();
         self.encode_buffer.push(ACCEPTOR_RECORD_VERSION);
         bincode::serialize_into(&mut self.encode_buffer, ops).map_err(|error| {
             StorageError::InvalidArgument(format!("cannot encode acceptor record: {error}"))
-        })?;
-        self.wal.append(&self.encode_buffer)
+        })
     }
 
-    /// Appends `ops` as one or more records of at most the record limit,
-    /// then makes them all durable with one fdatasync.
+    /// Appends `ops` as one record (several only if the batch exceeds the
+    /// record limit), then makes them all durable with one fdatasync.
     fn write_batch(&mut self, ops: &[PersistOp]) -> Result<Lsn, StorageError> {
+        // The common case costs one encoding pass and one append.
+        self.encode(ops)?;
+        if self.encode_buffer.len() <= self.record_size_bytes_max as usize {
+            self.wal.append(&self.encode_buffer)?;
+        } else {
+            self.append_split(ops)?;
+        }
+        self.wal.sync()
+    }
+
+    /// The rare oversized batch (e.g. a leader's own accepts for many full
+    /// slots in one `Ready`): records of at most the limit, in order.
+    fn append_split(&mut self, ops: &[PersistOp]) -> Result<(), StorageError> {
         // A record is the version byte, bincode's u64 length, then the ops.
         const RECORD_OVERHEAD_BYTES: usize = 1 + 8;
-        let budget = self
-            .record_size_bytes_max
-            .saturating_sub(RECORD_OVERHEAD_BYTES);
+        let limit = self.record_size_bytes_max as usize;
+        let budget = limit.saturating_sub(RECORD_OVERHEAD_BYTES);
         let mut sizes = Vec::with_capacity(ops.len());
         for op in ops {
             let size = bincode::serialized_size(op).map_err(|error| {
@@ -193,7 +204,7 @@ impl WalAcceptorStore {
                 // Refused before anything is appended: the WAL is unchanged.
                 return Err(StorageError::RecordTooLarge {
                     size_bytes: size.saturating_add(RECORD_OVERHEAD_BYTES) as u64,
-                    max_bytes: self.record_size_bytes_max as u64,
+                    max_bytes: limit as u64,
                 });
             }
             sizes.push(size);
@@ -201,23 +212,42 @@ impl WalAcceptorStore {
         let (mut start, mut record_bytes) = (0, 0);
         for (index, size) in sizes.into_iter().enumerate() {
             if index > start && record_bytes + size > budget {
-                self.append_record(&ops[start..index])?;
+                self.encode(&ops[start..index])?;
+                self.wal.append(&self.encode_buffer)?;
                 (start, record_bytes) = (index, 0);
             }
             record_bytes += size;
         }
-        self.append_record(&ops[start..])?;
-        self.wal.sync()
+        self.encode(&ops[start..])?;
+        self.wal.append(&self.encode_buffer)?;
+        Ok(())
+    }
+
+    /// Rebuilds the durable state by reading the WAL back from disk. Every
+    /// batch this store appended was synced, so the files hold all of it.
+    fn read_state(&self) -> Result<RecoveredState, StorageError> {
+        let mut state = RecoveredState::default();
+        let dir = self.wal.dir();
+        let reader = WalReader::open(self.fs.clone(), dir, self.record_size_bytes_max)?;
+        reader.for_each_from(0, |lsn, payload| {
+            decode_record(dir, lsn, payload, &mut state)
+        })?;
+        Ok(state)
     }
 }
 
 impl AcceptorStore for WalAcceptorStore {
-    /// Returns a copy of the state; the log is not read again. Fails with
-    /// [`StorageError::Poisoned`] after a failed `persist`, since whether
-    /// that batch is durable is unknown until the store is reopened.
+    /// Returns the state rebuilt at open if nothing was persisted since;
+    /// otherwise reads the WAL back (rare: the driver recovers once, at
+    /// start). Fails with [`StorageError::Poisoned`] after a failed
+    /// `persist`, since whether that batch is durable is unknown until the
+    /// store is reopened.
     fn recover(&mut self) -> Result<RecoveredState, StorageError> {
         self.check_failed()?;
-        Ok(self.state.clone())
+        match self.opened_state.take() {
+            Some(state) => Ok(state),
+            None => self.read_state(),
+        }
     }
 
     /// Writes the batch as one WAL record (several if it exceeds the record
@@ -233,9 +263,7 @@ impl AcceptorStore for WalAcceptorStore {
         }
         match result {
             Ok(_) => {
-                for op in ops {
-                    apply_op(&mut self.state, op);
-                }
+                self.opened_state = None;
                 Ok(())
             }
             // Refused before anything was buffered: the WAL is unchanged.
@@ -255,18 +283,22 @@ impl AcceptorStore for WalAcceptorStore {
     /// that starts at or before the checkpoint.
     fn compact(&mut self, upto: Slot) -> Result<(), StorageError> {
         self.check_failed()?;
-        if upto <= self.state.compacted_upto {
+        if upto <= self.compacted_upto {
             return Ok(());
         }
-        self.state.compact(upto);
-        let checkpoint = self.state.checkpoint_ops();
+        let mut state = match self.opened_state.take() {
+            Some(state) => state,
+            None => self.read_state()?,
+        };
+        state.compact(upto);
+        let checkpoint = state.checkpoint_ops();
         let first_lsn = self.wal.next_lsn();
         if let Err(error) = self.write_batch(&checkpoint) {
-            // Memory already forgot the compacted slots; what the disk holds
-            // is unknown. Only a reopen can tell.
+            // What the disk holds is unknown. Only a reopen can tell.
             self.failed = Some(error.to_string());
             return Err(error);
         }
+        self.compacted_upto = upto;
         self.wal.compact_below(first_lsn)?;
         Ok(())
     }

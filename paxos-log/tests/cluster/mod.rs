@@ -75,3 +75,21 @@ pub async fn wait_applied(handles: &[NodeHandle], slot: Slot) {
         );
     }
 }
+
+/// Proposes `command` through whichever replica leads, retrying up to 100
+/// times 20 ms apart, and returns the slot it was applied in. Like the
+/// callers before it, it retries after any error, including an unknown
+/// outcome, so a caller that counts applied commands exactly must expect
+/// a retried command to be applied at most twice in a faulty run.
+pub async fn commit(handles: &[NodeHandle], command: &[u8]) -> Slot {
+    for _ in 0..100 {
+        let leader = wait_for_leader(handles).await;
+        match leader.propose(command.to_vec()).await {
+            Ok(slot) => {
+                return u64::from_le_bytes(slot.try_into().expect("LogMachine answers its slot"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    panic!("the cluster did not commit {command:?} in 100 attempts");
+}
