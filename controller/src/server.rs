@@ -489,7 +489,12 @@ impl ClientService {
                     .and_then(|id| self.client_addrs.get(&id))
                     .map(SocketAddr::to_string),
             },
-            NodeError::Busy => ServiceError::Busy,
+            // Membership changes of the controller's own group are an
+            // admin operation of their own; a change or query never gets
+            // these, and if it did, it certainly did not take effect.
+            NodeError::Busy | NodeError::Reconfiguring | NodeError::InvalidMembership(_) => {
+                ServiceError::Busy
+            }
             NodeError::Indeterminate(cause) => ServiceError::Indeterminate(cause),
             NodeError::Stopped => ServiceError::Stopped,
         }

@@ -479,6 +479,9 @@ async fn submit(
                 bump(&stats.indeterminate);
                 rotate(guess, rng);
             }
+            Err(error @ (NodeError::Reconfiguring | NodeError::InvalidMembership(_))) => {
+                panic!("a proposal got a membership error: {error}")
+            }
         }
     }
 }

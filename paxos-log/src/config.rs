@@ -1,7 +1,11 @@
 //! Settings of one replica, validated before the replica starts.
 
 use crate::error::ConfigError;
+use crate::membership::validate_members;
 use crate::types::NodeId;
+
+/// Largest α: it also bounds how many slots a leader keeps in flight.
+pub const RECONFIG_WINDOW_SLOTS_MAX: u64 = 1 << 16;
 
 /// Settings of one replica. Durations are in ticks: the driver decides how
 /// long a tick is, which keeps the core free of clocks.
@@ -9,8 +13,16 @@ use crate::types::NodeId;
 pub struct Config {
     /// This replica.
     pub node_id: NodeId,
-    /// Every voting member of the group, this replica included.
+    /// The group's genesis configuration: the members that vote from slot
+    /// 1 on. Later configurations come from `Reconfigure` values in the
+    /// log (and from snapshots). Identical on every replica of the group,
+    /// including replicas added later, which need not be in it.
     pub members: Vec<NodeId>,
+    /// α: a membership change chosen in slot `r` governs slots from
+    /// `r + α` on, and the leader proposes slot `i` only once every slot up
+    /// to `i - α` is chosen. A group-wide constant: every replica must use
+    /// the same value for the whole life of the group.
+    pub reconfig_window_slots: u64,
     /// A follower that hears no leader for a random number of ticks in
     /// `[min, max)` starts an election.
     pub election_timeout_ticks_min: u32,
@@ -38,6 +50,7 @@ impl Config {
         Config {
             node_id,
             members,
+            reconfig_window_slots: 32,
             election_timeout_ticks_min: 10,
             election_timeout_ticks_max: 20,
             heartbeat_interval_ticks: 2,
@@ -53,14 +66,16 @@ impl Config {
     /// Checks the settings make sense together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |reason: &str| Err(ConfigError(reason.to_string()));
-        if !self.members.contains(&self.node_id) {
-            return invalid("members must include node_id");
+        if self.node_id == NodeId(0) {
+            return invalid("node_id 0 is reserved; number replicas from 1");
         }
-        let mut sorted = self.members.clone();
-        sorted.sort();
-        sorted.dedup();
-        if sorted.len() != self.members.len() {
-            return invalid("members must not repeat a node");
+        if let Err(reason) = validate_members(&self.members) {
+            return invalid(&format!("members (the genesis configuration): {reason}"));
+        }
+        if self.reconfig_window_slots > RECONFIG_WINDOW_SLOTS_MAX {
+            return invalid(&format!(
+                "reconfig_window_slots must be at most {RECONFIG_WINDOW_SLOTS_MAX}"
+            ));
         }
         if self.heartbeat_interval_ticks == 0 {
             return invalid("heartbeat_interval_ticks must be positive");
@@ -79,6 +94,7 @@ impl Config {
             ("batch_bytes_max", self.batch_bytes_max as u64),
             ("pending_commands_max", self.pending_commands_max as u64),
             ("message_slots_max", self.message_slots_max as u64),
+            ("reconfig_window_slots", self.reconfig_window_slots),
         ];
         for (name, value) in bounds {
             if value == 0 {
@@ -88,7 +104,7 @@ impl Config {
         Ok(())
     }
 
-    /// Votes needed for a majority.
+    /// Votes needed for a majority of the genesis configuration.
     pub fn quorum(&self) -> usize {
         self.members.len() / 2 + 1
     }

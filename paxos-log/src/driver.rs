@@ -34,6 +34,7 @@ use self::snapshots::Snapshots;
 use crate::config::Config;
 use crate::core::{Replica, Role};
 use crate::error::{ConfigError, ProposeError};
+use crate::membership::Membership;
 use crate::message::{Envelope, Message};
 use crate::ready::Ready;
 use crate::state_machine::StateMachine;
@@ -98,6 +99,13 @@ pub enum NodeError {
     /// The replica has stopped.
     #[error("replica stopped")]
     Stopped,
+    /// A membership change is already in progress; the new one certainly
+    /// did not happen. Retry once the current one is in force.
+    #[error("a membership change is already in progress; retry once it is in force")]
+    Reconfiguring,
+    /// The proposed members cannot form a configuration; nothing happened.
+    #[error("invalid membership: {0}")]
+    InvalidMembership(String),
 }
 
 impl From<ProposeError> for NodeError {
@@ -105,6 +113,8 @@ impl From<ProposeError> for NodeError {
         match error {
             ProposeError::NotLeader { leader_hint } => NodeError::NotLeader { leader_hint },
             ProposeError::Busy => NodeError::Busy,
+            ProposeError::Reconfiguring => NodeError::Reconfiguring,
+            ProposeError::InvalidMembership(reason) => NodeError::InvalidMembership(reason),
         }
     }
 }
@@ -143,6 +153,11 @@ pub struct NodeMetrics {
     pub applied_slot: Slot,
     /// Slots below this were compacted away under a snapshot.
     pub log_start: Slot,
+    /// The members that vote on the next slot.
+    pub members: Vec<NodeId>,
+    /// Whether a membership change is chosen (or, on the leader, queued or
+    /// in flight) and not yet in force.
+    pub reconfiguring: bool,
     /// Snapshots this replica took of its own state machine.
     pub snapshots_taken: u64,
     /// Snapshots received from peers and installed.
@@ -156,12 +171,32 @@ pub struct NodeMetrics {
 }
 
 type Reply = oneshot::Sender<Result<Vec<u8>, NodeError>>;
+type ReconfigureReply = oneshot::Sender<Result<Slot, NodeError>>;
 
 enum Input {
-    Propose { command: Vec<u8>, reply: Reply },
-    Read { query: Vec<u8>, reply: Reply },
+    Propose {
+        command: Vec<u8>,
+        reply: Reply,
+    },
+    Read {
+        query: Vec<u8>,
+        reply: Reply,
+    },
+    Reconfigure {
+        members: Vec<NodeId>,
+        reply: ReconfigureReply,
+    },
     Message(Envelope),
     Stop,
+}
+
+/// The membership change this replica proposed, waiting to be in force.
+struct PendingReconfigure {
+    /// Sorted, as the membership records it.
+    members: Vec<NodeId>,
+    reply: ReconfigureReply,
+    /// Once applied: the first slot the new members vote on.
+    in_force_at: Option<Slot>,
 }
 
 /// Cheap handle to a running replica.
@@ -178,6 +213,7 @@ impl std::fmt::Debug for Input {
         f.write_str(match self {
             Input::Propose { .. } => "Propose",
             Input::Read { .. } => "Read",
+            Input::Reconfigure { .. } => "Reconfigure",
             Input::Message(_) => "Message",
             Input::Stop => "Stop",
         })
@@ -210,6 +246,18 @@ impl NodeHandle {
         self.request(|reply| Input::Read { query, reply }).await
     }
 
+    /// Changes the group's members to `members` (add, remove or replace
+    /// replicas: any new set, one change at a time). Only the leader takes
+    /// it. Resolves once the new configuration is in force, with the first
+    /// slot it governs. A replica being added should already run (with the
+    /// group's genesis `members` in its config), so it can catch up and
+    /// vote; a leader that removes itself steps down once the change is in
+    /// force.
+    pub async fn reconfigure(&self, members: Vec<NodeId>) -> Result<Slot, NodeError> {
+        self.request(|reply| Input::Reconfigure { members, reply })
+            .await
+    }
+
     /// The latest published metrics.
     pub fn metrics(&self) -> NodeMetrics {
         self.metrics.borrow().clone()
@@ -230,7 +278,10 @@ impl NodeHandle {
         }
     }
 
-    async fn request(&self, input: impl FnOnce(Reply) -> Input) -> Result<Vec<u8>, NodeError> {
+    async fn request<T>(
+        &self,
+        input: impl FnOnce(oneshot::Sender<Result<T, NodeError>>) -> Input,
+    ) -> Result<T, NodeError> {
         let (reply, answer) = oneshot::channel();
         match self.inputs.try_send(input(reply)) {
             Ok(()) => {}
@@ -318,6 +369,7 @@ impl<M: StateMachine> Node<M> {
     {
         let id = config.node_id;
         let mut applied = state_machine.durable_slot();
+        let mut membership = None;
         let snapshots = match snapshot_store {
             Some(snapshot_store) => {
                 let (snapshots, latest) = Snapshots::open(
@@ -327,7 +379,8 @@ impl<M: StateMachine> Node<M> {
                     options.snapshot_bytes_max,
                     options.snapshot_resend_after,
                 )?;
-                if let Some((slot, data)) = latest {
+                if let Some(latest) = latest {
+                    let slot = latest.slot;
                     // The core takes every slot between the store's
                     // compaction point and `applied` from the store, which
                     // holds the chosen values only for slots applied through
@@ -337,17 +390,22 @@ impl<M: StateMachine> Node<M> {
                     store.compact(slot)?;
                     if slot > applied {
                         state_machine
-                            .restore(slot, &data)
+                            .restore(slot, &latest.data)
                             .map_err(StartError::Restore)?;
                         applied = slot;
                     }
+                    // The log below the snapshot is gone, and with it the
+                    // membership changes chosen there.
+                    membership = latest.membership;
                 }
                 Some(snapshots)
             }
             None => None,
         };
         let recovered = store.recover()?;
-        let replica = Replica::new(config, recovered, applied)?;
+        let genesis = config.members.clone();
+        let window_slots = config.reconfig_window_slots;
+        let replica = Replica::recover(config, recovered, applied, membership)?;
         let (inputs, receiver) = mpsc::sync_channel(options.queue_depth);
         let (metrics_tx, metrics) = watch::channel(NodeMetrics {
             id,
@@ -368,10 +426,13 @@ impl<M: StateMachine> Node<M> {
             transport,
             options,
             applied,
+            genesis,
+            window_slots,
             proposer_id: new_proposer_id(id),
             next_seq: 1,
             proposals: BTreeMap::new(),
             next_read_id: 1,
+            reconfigure: None,
             reads: BTreeMap::new(),
             waiting_reads: Vec::new(),
             persist_count: 0,
@@ -433,12 +494,18 @@ struct Driver<S, M, T: ?Sized> {
     transport: Arc<T>,
     options: DriverOptions,
     applied: Slot,
+    /// The group's genesis members (`Config::members`).
+    genesis: Vec<NodeId>,
+    /// α (`Config::reconfig_window_slots`).
+    window_slots: u64,
     /// Identifies this start's proposals in the log (see `new_proposer_id`).
     proposer_id: u64,
     next_seq: u64,
     /// Proposals of this replica waiting for their command to be applied.
     proposals: BTreeMap<u64, Reply>,
     next_read_id: u64,
+    /// The membership change proposed here, until it is in force.
+    reconfigure: Option<PendingReconfigure>,
     /// Reads waiting for their leadership check.
     reads: BTreeMap<u64, (Vec<u8>, Reply)>,
     /// Reads confirmed, waiting for `applied` to reach their slot.
@@ -540,10 +607,11 @@ where
                         slot,
                         offset,
                         total_bytes,
+                        membership,
                         data,
                     },
                 ..
-            }) => self.receive_snapshot(from, slot, offset, total_bytes, data),
+            }) => self.receive_snapshot(from, slot, offset, total_bytes, membership, data),
             Input::Message(envelope) => self.replica.step(envelope),
             Input::Propose { command, reply } => {
                 let seq = self.next_seq;
@@ -567,6 +635,26 @@ where
                     Ok(()) => {
                         self.next_read_id += 1;
                         self.reads.insert(read_id, (query, reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
+            Input::Reconfigure { members, reply } => {
+                if self.reconfigure.is_some() {
+                    let _ = reply.send(Err(NodeError::Reconfiguring));
+                    return;
+                }
+                match self.replica.reconfigure(members.clone()) {
+                    Ok(()) => {
+                        let mut members = members;
+                        members.sort_unstable();
+                        self.reconfigure = Some(PendingReconfigure {
+                            members,
+                            reply,
+                            in_force_at: None,
+                        });
                     }
                     Err(error) => {
                         let _ = reply.send(Err(error.into()));
@@ -604,6 +692,7 @@ where
             for entry in chosen {
                 self.apply(entry.slot, &entry.value);
             }
+            self.answer_reconfigure();
             for read in reads {
                 if let Some((query, reply)) = self.reads.remove(&read.read_id) {
                     self.waiting_reads.push((read.slot, query, reply));
@@ -631,7 +720,8 @@ where
         let Some(data) = self.state_machine.snapshot() else {
             return Ok(());
         };
-        if let Err(error) = snapshots.save(applied, &data) {
+        let membership = self.replica.membership_for_snapshot(applied);
+        if let Err(error) = snapshots.save(applied, &membership, &data) {
             // Not fatal: the log is simply not compacted this time.
             warn!(%error, slot = applied, "could not write a snapshot; log not compacted");
             return Ok(());
@@ -663,21 +753,33 @@ where
         slot: Slot,
         offset: u64,
         total_bytes: u64,
+        membership: Option<Membership>,
         data: Vec<u8>,
     ) {
         let Some(snapshots) = self.snapshots.as_mut() else {
             return;
         };
-        let Some((slot, data)) = snapshots.receive(from, slot, offset, total_bytes, data) else {
+        let Some(received) = snapshots.receive(from, slot, offset, total_bytes, membership, data)
+        else {
             return;
         };
+        let (slot, data) = (received.slot, received.data);
         if slot <= self.applied {
+            return;
+        }
+        let membership = match received.membership {
+            Some(membership) => membership,
+            // From a peer that never had a membership change.
+            None => Membership::genesis(&self.genesis),
+        };
+        if let Err(error) = membership.validate() {
+            warn!(%from, slot, %error, "snapshot with an invalid membership ignored");
             return;
         }
         // Saved before the state machine moves: a state machine whose
         // restore is durable at once must never be ahead of the snapshot
         // file, which is what a restart compacts the store below.
-        if let Err(error) = snapshots.save(slot, &data) {
+        if let Err(error) = snapshots.save(slot, &membership, &data) {
             self.fatal = Some(format!("saving a received snapshot: {error}"));
             return;
         }
@@ -691,7 +793,7 @@ where
         }
         self.applied = slot;
         self.snapshots_installed += 1;
-        self.replica.install_snapshot(slot);
+        self.replica.install_snapshot(slot, membership);
         if let Err(error) = self.store.compact(slot) {
             self.fatal = Some(format!("compacting the acceptor log: {error}"));
         }
@@ -700,6 +802,15 @@ where
 
     fn apply(&mut self, slot: Slot, value: &Value) {
         debug_assert_eq!(slot, self.applied + 1, "chosen entries arrive in order");
+        if let (Value::Reconfigure(members), Some(pending)) = (value, self.reconfigure.as_mut()) {
+            // One change at a time per group, so the same member set chosen
+            // after this replica proposed it is its change.
+            let mut members = members.clone();
+            members.sort_unstable();
+            if pending.in_force_at.is_none() && members == pending.members {
+                pending.in_force_at = Some(slot + self.window_slots);
+            }
+        }
         if let Value::Commands(commands) = value {
             let me = self.proposer_id;
             for tagged in commands {
@@ -722,6 +833,26 @@ where
         self.applied = slot;
     }
 
+    /// Answers the membership change proposed here once it is in force:
+    /// every slot before its first one is applied.
+    fn answer_reconfigure(&mut self) {
+        let in_force = self
+            .reconfigure
+            .as_ref()
+            .and_then(|p| p.in_force_at)
+            .is_some_and(|first| self.applied + 1 >= first);
+        if in_force {
+            if let Some(PendingReconfigure {
+                reply,
+                in_force_at: Some(first),
+                ..
+            }) = self.reconfigure.take()
+            {
+                let _ = reply.send(Ok(first));
+            }
+        }
+    }
+
     fn answer_reads(&mut self) {
         let applied = self.applied;
         let mut still_waiting = Vec::new();
@@ -738,6 +869,18 @@ where
     fn fail_proposals(&mut self, cause: &str) {
         for (_, reply) in std::mem::take(&mut self.proposals) {
             let _ = reply.send(Err(NodeError::Indeterminate(cause.to_string())));
+        }
+        // A change chosen before leadership was lost still takes effect.
+        let chosen = self
+            .reconfigure
+            .as_ref()
+            .is_some_and(|p| p.in_force_at.is_some());
+        if !chosen {
+            if let Some(pending) = self.reconfigure.take() {
+                let _ = pending
+                    .reply
+                    .send(Err(NodeError::Indeterminate(cause.to_string())));
+            }
         }
         let leader_hint = self.replica.leader_hint();
         for (_, (_, reply)) in std::mem::take(&mut self.reads) {
@@ -757,6 +900,8 @@ where
             chosen_upto: self.replica.chosen_upto(),
             applied_slot: self.applied,
             log_start: self.replica.log_start(),
+            members: self.replica.current_members().to_vec(),
+            reconfiguring: self.replica.reconfiguring(),
             snapshots_taken: self.snapshots_taken,
             snapshots_installed: self.snapshots_installed,
             pending_proposals: self.proposals.len(),

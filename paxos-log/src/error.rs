@@ -19,4 +19,11 @@ pub enum ProposeError {
     /// Too many proposals are queued; retry after a backoff.
     #[error("too many pending proposals; retry later")]
     Busy,
+    /// A membership change is already under way (proposed, or chosen and
+    /// not yet in force); retry once it is in force.
+    #[error("a membership change is already in progress; retry once it is in force")]
+    Reconfiguring,
+    /// The proposed members cannot form a configuration.
+    #[error("invalid membership: {0}")]
+    InvalidMembership(String),
 }

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::membership::Membership;
 use crate::types::{Ballot, NodeId, Slot, Value};
 
 /// A message with its sender and receiver.
@@ -144,6 +145,10 @@ pub enum Message {
         offset: u64,
         /// The snapshot's whole size.
         total_bytes: u64,
+        /// The group's configurations as of `slot` (see
+        /// [`crate::Replica::membership_for_snapshot`]); on the first
+        /// chunk (offset 0) only.
+        membership: Option<Membership>,
         /// The bytes.
         data: Vec<u8>,
     },

@@ -63,6 +63,10 @@ pub enum Value {
     Noop,
     /// A batch of commands proposed together, applied in order.
     Commands(Vec<Command>),
+    /// A membership change: chosen in slot `r`, these members vote on every
+    /// slot from `r + reconfig_window_slots` on (see [`crate::Membership`]).
+    /// Applies as nothing to the state machine.
+    Reconfigure(Vec<NodeId>),
 }
 
 impl Value {
@@ -71,6 +75,7 @@ impl Value {
         match self {
             Value::Noop => 1,
             Value::Commands(commands) => commands.iter().map(|c| c.len() + 8).sum::<usize>() + 8,
+            Value::Reconfigure(members) => members.len() * 8 + 8,
         }
     }
 }

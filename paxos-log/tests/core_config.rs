@@ -2,7 +2,7 @@
 //!
 //! Goal: every setting that cannot work is refused before a replica
 //! starts, with a message that names the setting so an operator can fix
-//! it: a member list without this node or with a node twice, a zero
+//! it: an empty member list or one with a node twice, a zero
 //! heartbeat interval or bound, election timeouts not above the heartbeat
 //! interval (a leader would be deposed between two heartbeats) or an empty
 //! timeout range.
@@ -38,17 +38,31 @@ fn default_configuration_is_valid() {
 }
 
 #[test]
-fn members_must_include_this_node() {
-    assert_rejected(|c| c.members = vec![n(2), n(3)], &["members", "node_id"]);
-    assert_rejected(|c| c.members = vec![], &["members", "node_id"]);
+fn a_replica_outside_the_genesis_members_is_valid() {
+    // A replica added by a membership change starts with the group's
+    // genesis members, which do not include it.
+    let mut config = config(4, 3);
+    config.node_id = n(4);
+    assert_eq!(config.validate(), Ok(()));
+}
+
+#[test]
+fn members_must_not_be_empty() {
+    assert_rejected(|c| c.members = vec![], &["members", "at least one"]);
 }
 
 #[test]
 fn members_must_not_repeat_a_node() {
     assert_rejected(
         |c| c.members = vec![n(1), n(2), n(1)],
-        &["members", "repeat"],
+        &["members", "twice"],
     );
+}
+
+#[test]
+fn node_id_zero_is_reserved() {
+    assert_rejected(|c| c.node_id = n(0), &["node_id", "reserved"]);
+    assert_rejected(|c| c.members = vec![n(0), n(1)], &["members", "reserved"]);
 }
 
 #[test]
@@ -92,12 +106,13 @@ fn election_timeout_max_must_exceed_min() {
 
 type Edit = fn(&mut Config);
 
-const ZERO_BOUNDS: [(&str, Edit); 5] = [
+const ZERO_BOUNDS: [(&str, Edit); 6] = [
     ("inflight_slots_max", |c| c.inflight_slots_max = 0),
     ("batch_commands_max", |c| c.batch_commands_max = 0),
     ("batch_bytes_max", |c| c.batch_bytes_max = 0),
     ("pending_commands_max", |c| c.pending_commands_max = 0),
     ("message_slots_max", |c| c.message_slots_max = 0),
+    ("reconfig_window_slots", |c| c.reconfig_window_slots = 0),
 ];
 
 #[test]
@@ -126,6 +141,7 @@ fn error_text_says_it_is_a_configuration_error() {
     config.members.push(n(2));
     assert_eq!(
         config.validate().unwrap_err().to_string(),
-        "invalid paxos-log configuration: members must not repeat a node"
+        "invalid paxos-log configuration: members (the genesis configuration): a configuration \
+         must not name a member twice"
     );
 }

@@ -238,8 +238,10 @@ fn new_leader_reproposes_highest_ballot_values_learns_chosen_ones_and_fills_hole
         ],
         1,
     );
-    let mut messages = to_each(1, &[2, 3, 4, 5], &take_over);
-    messages.extend(to_each(1, &[2, 3, 4, 5], &heartbeat(ballot, 1, 1)));
+    // Leadership is announced at once; the open slots are filled when the
+    // Ready is taken.
+    let mut messages = to_each(1, &[2, 3, 4, 5], &heartbeat(ballot, 1, 1));
+    messages.extend(to_each(1, &[2, 3, 4, 5], &take_over));
     assert_eq!(
         r.ready(),
         Ready {
@@ -297,8 +299,12 @@ fn new_leader_with_a_restarted_log_asks_only_from_its_first_unchosen_slot() {
     ));
 
     assert_eq!(r.role(), Role::Leader);
-    let mut messages = to_each(1, &[2, 3], &accept(b(3, 1), vec![(2, cmd(b"B"))], 1));
-    messages.extend(to_each(1, &[2, 3], &heartbeat(b(3, 1), 1, 1)));
+    let mut messages = to_each(1, &[2, 3], &heartbeat(b(3, 1), 1, 1));
+    messages.extend(to_each(
+        1,
+        &[2, 3],
+        &accept(b(3, 1), vec![(2, cmd(b"B"))], 1),
+    ));
     assert_eq!(
         r.ready(),
         Ready {

@@ -375,7 +375,7 @@ fn catch_up_answer_is_bounded_by_message_slots_max() {
 }
 
 #[test]
-fn misaddressed_and_non_member_messages_are_ignored() {
+fn misaddressed_and_self_claimed_messages_are_ignored() {
     let mut r = follower_with_three_accepted();
     let messages = [
         prepare(b(9, 3), 1),
@@ -390,7 +390,6 @@ fn misaddressed_and_non_member_messages_are_ignored() {
     ];
     for message in messages {
         r.step(env(3, 2, message.clone())); // addressed to n2
-        r.step(env(9, 1, message.clone())); // from a non-member
         r.step(env(1, 1, message)); // claims to come from n1 itself
     }
 
@@ -402,6 +401,21 @@ fn misaddressed_and_non_member_messages_are_ignored() {
     // The log is untouched: the real leader's commit point still works.
     r.step(env(2, 1, heartbeat(b(2, 2), 1, 2)));
     assert_eq!(r.ready().chosen, vec![entry(1, cmd(b"A"))]);
+}
+
+// A member that has not yet learned the change that added a replica must
+// still follow that replica when it leads, or it could never catch up.
+#[test]
+fn a_leader_outside_every_known_configuration_is_followed() {
+    let mut r = follower_with_three_accepted();
+    r.step(env(9, 1, accept(b(9, 9), vec![(4, cmd(b"D"))], 0)));
+    assert_eq!(r.leader_hint(), Some(n(9)));
+    assert_eq!(r.promised(), b(9, 9));
+    let ready = r.ready();
+    assert_eq!(
+        ready.persisted_messages,
+        vec![env(1, 9, accepted(b(9, 9), vec![4]))]
+    );
 }
 
 // A catch-up reply can reach a replica after it has become leader and

@@ -152,6 +152,7 @@ async fn acknowledged_proposals_survive_restarts_from_disk() {
                     }
                     // Unknown outcome: fine either way; not counted as acked.
                     Err(NodeError::Indeterminate(_)) => {}
+                    Err(error) => panic!("a proposal got {error}"),
                 }
             }
             acked

@@ -113,7 +113,7 @@ fn three_replicas_elect_and_agree() {
         log.iter()
             .flat_map(|(_, v)| match v {
                 Value::Commands(cs) => cs.iter().map(|c| c[0]).collect::<Vec<_>>(),
-                Value::Noop => vec![],
+                Value::Noop | Value::Reconfigure(_) => vec![],
             })
             .collect()
     };

@@ -141,10 +141,20 @@ impl Replica {
         self.proposals.remove(&slot);
     }
 
-    /// Moves `chosen_upto` over every contiguous chosen slot.
+    /// Moves `chosen_upto` over every contiguous chosen slot, and records
+    /// the membership changes it passes (in slot order, so every replica
+    /// knows the same configurations for the same chosen prefix).
     pub(super) fn advance_chosen(&mut self) {
-        while let Some(SlotState::Chosen { .. }) = self.log.get(&(self.chosen_upto + 1)) {
+        while let Some(SlotState::Chosen { value }) = self.log.get(&(self.chosen_upto + 1)) {
             self.chosen_upto += 1;
+            if let Value::Reconfigure(members) = value {
+                super::record_change(
+                    &mut self.membership,
+                    self.chosen_upto,
+                    members,
+                    &self.config,
+                );
+            }
         }
     }
 }

@@ -22,6 +22,12 @@
 //! handled at once, or (promises and acceptances, which must wait for the
 //! disk) in `advance`. So the leader's own acceptance counts towards a
 //! quorum only once its own write is durable.
+//!
+//! Membership changes (`membership.rs` of the crate, and "Membership
+//! change" in `docs/protocol.md`): every slot has its own configuration,
+//! fixed by the chosen prefix under the α-window rule, and every quorum
+//! (phase 1, phase 2, reads, check-quorum) is counted among the members of
+//! the slots it is about.
 
 mod acceptor;
 mod learner;
@@ -29,10 +35,11 @@ mod proposer;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::config::Config;
 use crate::error::{ConfigError, ProposeError};
+use crate::membership::{validate_members, Membership};
 use crate::message::{Envelope, Message};
 use crate::ready::{PersistOp, ReadReady, Ready};
 use crate::store::RecoveredState;
@@ -64,6 +71,18 @@ struct Proposal {
     value: Value,
     /// Members whose durable acceptance at the leader's ballot arrived.
     acks: BTreeSet<NodeId>,
+}
+
+/// A promise for this replica's ballot, kept while it campaigns and leads:
+/// the values the promiser had accepted decide what the leader proposes in
+/// those slots, whenever it gets to them.
+#[derive(Debug, Clone)]
+struct PromiseInfo {
+    /// The promise covers every slot from here on.
+    first_slot: Slot,
+    /// What the promiser had accepted (and not known chosen) from
+    /// `first_slot` on. Chosen values it reported were learned at once.
+    accepted: BTreeMap<Slot, (Ballot, Value)>,
 }
 
 /// A read waiting for its leadership check.
@@ -102,6 +121,8 @@ impl Rng {
 #[derive(Debug)]
 pub struct Replica {
     config: Config,
+    /// Which members vote on which slot.
+    membership: Membership,
     rng: Rng,
     /// Logical time: ticks since start.
     now_ticks: u64,
@@ -135,14 +156,20 @@ pub struct Replica {
     election_elapsed_ticks: u32,
     election_timeout_ticks: u32,
     heartbeat_elapsed_ticks: u32,
-    /// Candidate: the first slot of its phase 1, and the promises so far.
+    /// Candidate: the first slot of its phase 1.
     prepare_first_slot: Slot,
-    promises: BTreeMap<NodeId, Vec<crate::message::PromisedSlot>>,
+    /// Candidate and leader: the promises for its ballot.
+    promises: BTreeMap<NodeId, PromiseInfo>,
+    /// Leader: the slot it last asked a new configuration to promise for.
+    promises_requested_for: Option<Slot>,
     /// Leader: the next free slot, the in-flight slots, queued commands.
     next_slot: Slot,
     proposals: BTreeMap<Slot, Proposal>,
     pending: VecDeque<Command>,
-    /// Leader: reads must wait until everything phase 1 found is chosen.
+    /// Leader: a membership change not yet in a slot.
+    reconfig_queued: Option<Vec<NodeId>>,
+    /// The highest slot any promise for this ballot reported: the leader
+    /// fills every open slot up to it, and reads wait until it is chosen.
     recovered_upto: Slot,
     /// Leader: the current heartbeat round and what each peer acknowledged.
     probe: u64,
@@ -176,7 +203,30 @@ impl Replica {
         recovered: RecoveredState,
         applied_upto: Slot,
     ) -> Result<Replica, ConfigError> {
+        Replica::recover(config, recovered, applied_upto, None)
+    }
+
+    /// [`Replica::new`] for a replica whose state machine was restored from
+    /// a snapshot: `membership` is the one saved with it
+    /// ([`Replica::membership_for_snapshot`]), which knows the changes in
+    /// the slots the snapshot replaced. `None` means the genesis
+    /// configuration, for a group that never compacted a change away.
+    pub fn recover(
+        config: Config,
+        recovered: RecoveredState,
+        applied_upto: Slot,
+        membership: Option<Membership>,
+    ) -> Result<Replica, ConfigError> {
         config.validate()?;
+        let mut membership = match membership {
+            Some(membership) => {
+                membership
+                    .validate()
+                    .map_err(|e| ConfigError(format!("snapshot membership: {e}")))?;
+                membership
+            }
+            None => Membership::genesis(&config.members),
+        };
         let mut rng = Rng(config.rng_seed ^ config.node_id.0.rotate_left(32));
         let election_timeout_ticks = rng.between(
             config.election_timeout_ticks_min,
@@ -192,11 +242,17 @@ impl Replica {
         // Every slot up to `applied_upto` was applied, so it was chosen, and
         // the value on disk is the chosen one: a value learned from a peer
         // is persisted as `Chosen` before it is applied.
-        for (_, state) in log.range_mut(..=applied_upto) {
+        for (&slot, state) in log.range_mut(..=applied_upto) {
             if let SlotState::Accepted { value, .. } = state {
                 *state = SlotState::Chosen {
                     value: std::mem::replace(value, Value::Noop),
                 };
+            }
+            if let SlotState::Chosen {
+                value: Value::Reconfigure(members),
+            } = state
+            {
+                record_change(&mut membership, slot, members, &config);
             }
         }
         let promised = recovered.promised;
@@ -220,9 +276,11 @@ impl Replica {
             heartbeat_elapsed_ticks: 0,
             prepare_first_slot: 0,
             promises: BTreeMap::new(),
+            promises_requested_for: None,
             next_slot: 0,
             proposals: BTreeMap::new(),
             pending: VecDeque::new(),
+            reconfig_queued: None,
             recovered_upto: 0,
             probe: 0,
             acked_probe: BTreeMap::new(),
@@ -236,6 +294,7 @@ impl Replica {
             local_in_flight: Vec::new(),
             awaiting_advance: false,
             config,
+            membership,
         };
         // Slots above the applied one may already be chosen in the log.
         replica.advance_chosen();
@@ -296,6 +355,35 @@ impl Replica {
         self.log_start
     }
 
+    /// The configurations this replica knows: every one that governs a
+    /// slot above its compaction point.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The members that vote on the next slot to be chosen.
+    pub fn current_members(&self) -> &[NodeId] {
+        self.membership.members_at(self.chosen_upto + 1)
+    }
+
+    /// Whether this replica votes on any slot the leader may propose now
+    /// (only voters campaign, and a leader that is no longer one steps
+    /// down).
+    pub fn is_voter(&self) -> bool {
+        let id = self.id();
+        self.window_runs()
+            .iter()
+            .any(|(_, members)| members.contains(&id))
+    }
+
+    /// What a snapshot of the state machine at `slot` must be saved with,
+    /// and handed to [`Replica::recover`] or
+    /// [`Replica::install_snapshot`] with it.
+    pub fn membership_for_snapshot(&self, slot: Slot) -> Membership {
+        self.membership
+            .as_of(slot, self.config.reconfig_window_slots)
+    }
+
     /// Forgets every slot up to `upto`, which must already be applied and
     /// covered by a durable snapshot. Peers that still need those slots get
     /// the snapshot instead (see [`Ready::snapshot_requests`]). The driver
@@ -307,15 +395,35 @@ impl Replica {
         }
         self.log = self.log.split_off(&(upto + 1));
         self.log_start = upto + 1;
+        self.membership.forget_before(self.log_start);
         self.check_invariants();
     }
 
     /// The state machine installed a snapshot covering every slot up to
     /// `slot` (received from a peer because this replica fell behind the
-    /// peers' compacted logs). Slots up to it count as chosen and applied.
-    pub fn install_snapshot(&mut self, slot: Slot) {
+    /// peers' compacted logs), saved with `membership`. Slots up to it
+    /// count as chosen and applied.
+    pub fn install_snapshot(&mut self, slot: Slot, membership: Membership) {
         if slot <= self.emitted_upto {
             return;
+        }
+        if let Err(error) = membership.validate() {
+            // The driver validates before restoring; a bad one here is a
+            // bug there, and using it could split quorums.
+            error!(slot, %error, "snapshot membership refused; keeping the current one");
+        } else {
+            // Changes chosen above the snapshot that this replica already
+            // knows are in its log; record them again on the new base.
+            let known_upto = self.chosen_upto.max(slot);
+            self.membership = membership;
+            for (&chosen_in, state) in self.log.range(slot + 1..known_upto + 1) {
+                if let SlotState::Chosen {
+                    value: Value::Reconfigure(members),
+                } = state
+                {
+                    record_change(&mut self.membership, chosen_in, members, &self.config);
+                }
+            }
         }
         self.log = self.log.split_off(&(slot + 1));
         self.log_start = self.log_start.max(slot + 1);
@@ -332,7 +440,14 @@ impl Replica {
     pub fn tick(&mut self) {
         self.now_ticks += 1;
         match self.role {
+            // A leader whose removal is in force leaves the group to the
+            // remaining members (they elect one of theirs on timeout).
+            Role::Leader if !self.is_voter() => self.step_down(None),
             Role::Leader => self.tick_leader(),
+            Role::Candidate if !self.is_voter() => self.step_down(None),
+            // Only members campaign: a replica being added, or one
+            // removed, never disrupts the group with ballots.
+            Role::Follower if !self.is_voter() => self.election_elapsed_ticks = 0,
             Role::Follower | Role::Candidate => {
                 self.election_elapsed_ticks += 1;
                 if self.election_elapsed_ticks >= self.election_timeout_ticks {
@@ -360,6 +475,38 @@ impl Replica {
         Ok(())
     }
 
+    /// Proposes a membership change: `members` will vote on every slot
+    /// from `r + reconfig_window_slots` on, once it is chosen in slot `r`.
+    /// Add, remove and replace are all this one call with the new set. One
+    /// change at a time: another is refused until this one is in force. A
+    /// replica being added should be running (as a non-voter, catching up)
+    /// first, or the new configuration may have no quorum.
+    pub fn reconfigure(&mut self, members: Vec<NodeId>) -> Result<(), ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader_hint,
+            });
+        }
+        validate_members(&members).map_err(ProposeError::InvalidMembership)?;
+        if self.reconfiguring() {
+            return Err(ProposeError::Reconfiguring);
+        }
+        self.reconfig_queued = Some(members);
+        self.finish_call();
+        Ok(())
+    }
+
+    /// Whether a membership change is queued, in flight, or chosen and not
+    /// yet in force.
+    pub fn reconfiguring(&self) -> bool {
+        self.reconfig_queued.is_some()
+            || self
+                .proposals
+                .values()
+                .any(|p| matches!(p.value, Value::Reconfigure(_)))
+            || self.membership.changes_after(self.chosen_upto + 1)
+    }
+
     /// Starts a linearizable read. When leadership is confirmed, a
     /// [`ReadReady`] with this `read_id` appears in a `Ready`; the read may be
     /// served once the state machine has applied its slot.
@@ -383,14 +530,14 @@ impl Replica {
         Ok(())
     }
 
-    /// Handles a message from a peer. Messages from non-members or addressed
-    /// to another replica are ignored: the network may misdeliver, and no
-    /// input from it may crash a replica.
+    /// Handles a message from a peer. Messages addressed to another
+    /// replica, or claiming to come from this one, are ignored: the network
+    /// may misdeliver, and no input from it may crash a replica. Senders
+    /// outside every configuration this replica knows are heard: a replica
+    /// that is behind may not know the configuration that made its leader
+    /// a member, and the acceptor rules are safe whoever sends.
     pub fn step(&mut self, envelope: Envelope) {
-        if envelope.to != self.id()
-            || envelope.from == self.id()
-            || !self.config.members.contains(&envelope.from)
-        {
+        if envelope.to != self.id() || envelope.from == self.id() {
             debug!(from = %envelope.from, to = %envelope.to, "dropped misaddressed message");
             return;
         }
@@ -404,7 +551,7 @@ impl Replica {
             && (!self.out.is_empty()
                 || !self.local_after_persist.is_empty()
                 || self.emitted_upto < self.chosen_upto
-                || self.can_flush_pending())
+                || self.next_source().is_some())
     }
 
     /// Takes what the driver must do now. Call [`Replica::advance`] once it
@@ -417,8 +564,8 @@ impl Replica {
         // Commands are cut into slots here, not in `propose`, so that all
         // proposed since the last `Ready` share slots (batching under any
         // load, not only once the pipeline is full).
-        if self.can_flush_pending() {
-            self.flush_pending();
+        if self.next_source().is_some() {
+            self.fill_slots();
             self.drain_local();
         }
         self.awaiting_advance = true;
@@ -494,6 +641,7 @@ impl Replica {
     fn finish_call(&mut self) {
         self.drain_local();
         if self.role == Role::Leader {
+            self.request_promises_if_stalled();
             if self.probe_wanted {
                 self.probe_wanted = false;
                 self.broadcast_heartbeat();
@@ -510,13 +658,6 @@ impl Replica {
         while let Some(message) = self.local.pop_front() {
             self.handle(id, message);
         }
-    }
-
-    /// Whether queued commands can go into new slots now.
-    fn can_flush_pending(&self) -> bool {
-        self.role == Role::Leader
-            && !self.pending.is_empty()
-            && (self.proposals.len() as u64) < self.config.inflight_slots_max
     }
 
     /// Sends a message now (to self: handled before the call returns).
@@ -549,21 +690,39 @@ impl Replica {
         self.out.persist.push(op);
     }
 
-    fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
-        let id = self.id();
-        self.config
-            .members
+    /// The last slot a leader may propose now: slot `i` needs every slot
+    /// up to `i - α` chosen.
+    fn window_last(&self) -> Slot {
+        self.chosen_upto + self.config.reconfig_window_slots
+    }
+
+    /// The configurations of the slots a leader may propose now.
+    fn window_runs(&self) -> Vec<(Slot, &[NodeId])> {
+        self.membership
+            .runs(self.chosen_upto + 1, self.window_last())
+    }
+
+    /// Every member of a configuration in the window, once each, in order.
+    fn window_members(&self) -> Vec<NodeId> {
+        let mut members: Vec<NodeId> = self
+            .window_runs()
+            .into_iter()
+            .flat_map(|(_, members)| members.iter().copied())
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        members
+    }
+
+    /// Whether a majority of `slot`'s members promised this replica's
+    /// ballot for it (phase 1 done for that slot).
+    fn has_promise_quorum(&self, slot: Slot) -> bool {
+        let members = self.membership.members_at(slot);
+        let promised = members
             .iter()
-            .copied()
-            .filter(move |&m| m != id)
-    }
-
-    fn members(&self) -> Vec<NodeId> {
-        self.config.members.clone()
-    }
-
-    fn quorum(&self) -> usize {
-        self.config.quorum()
+            .filter(|m| self.promises.get(m).is_some_and(|p| p.first_slot <= slot))
+            .count();
+        promised >= quorum_of(members)
     }
 
     fn observe(&mut self, ballot: Ballot) {
@@ -631,8 +790,32 @@ impl Replica {
                     .proposals
                     .keys()
                     .all(|&s| s < self.next_slot && s > self.chosen_upto));
+                assert!(
+                    self.proposals.keys().all(|&s| s <= self.window_last()),
+                    "a slot in flight beyond the α-window"
+                );
             }
         }
+    }
+}
+
+/// Votes needed among `members`.
+fn quorum_of(members: &[NodeId]) -> usize {
+    members.len() / 2 + 1
+}
+
+/// Records a change chosen in `chosen_in`. Only valid member sets are ever
+/// proposed; a chosen invalid one (a bug, or a damaged log) is skipped the
+/// same way on every replica, so they still agree.
+fn record_change(
+    membership: &mut Membership,
+    chosen_in: Slot,
+    members: &[NodeId],
+    config: &Config,
+) {
+    match validate_members(members) {
+        Ok(()) => membership.record(chosen_in, members, config.reconfig_window_slots),
+        Err(reason) => error!(slot = chosen_in, %reason, "skipped an invalid membership change"),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The proposer: elections (phase 1), the leader's pipeline of batched slots
-//! (phase 2), heartbeats and linearizable reads.
+//! (phase 2), membership changes, heartbeats and linearizable reads.
 //!
 //! A new leader runs phase 1 once, for every slot from its first one not
 //! known chosen. From the promises of a quorum it re-proposes, in each open
@@ -7,18 +7,46 @@
 //! accepted anything ("Paxos Made Simple", §3). After that, new commands
 //! need phase 2 only: the leader cuts queued commands into slots (one slot
 //! holds a batch) and keeps up to `inflight_slots_max` slots in flight.
-
-use std::collections::BTreeMap;
+//!
+//! With membership changes every slot is its own Paxos instance among the
+//! members of its configuration, which the α-window rule fixes before the
+//! slot can be proposed. So a slot is proposed only when (1) every slot up to
+//! `slot - α` is chosen, (2) a majority of that slot's members promised the
+//! leader's ballot for it, and (3) its value is the highest-ballot one those
+//! promises reported there. A candidate needs (2) for every configuration
+//! of its window to lead; when the window reaches a configuration that has
+//! not promised yet, the leader asks its members with the same ballot and
+//! proposes nothing there until a majority answered.
 
 use tracing::{debug, info};
 
-use super::{Proposal, Replica, Role, SlotState};
+use super::{quorum_of, PromiseInfo, Proposal, Replica, Role, SlotState};
 use crate::message::{Message, PromisedSlot, SlotValue};
-use crate::ready::ReadReady;
+use crate::ready::{PersistOp, ReadReady};
 use crate::types::{Ballot, NodeId, Slot, Value};
 
+/// Where the value of the leader's next slot comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// This replica already knows the slot chosen: skip it.
+    KnownChosen,
+    /// A promise reported a value accepted there: re-propose it.
+    Recovered,
+    /// Below the highest slot a promise reported, and nobody accepted
+    /// anything here: a no-op fills the hole.
+    Hole,
+    /// The queued membership change.
+    Reconfigure,
+    /// Queued client commands.
+    Commands,
+    /// A chosen (or in flight) change is not yet in force: no-ops carry the
+    /// log to it, so it takes effect without waiting for client load.
+    WindowFill,
+}
+
 impl Replica {
-    /// Phase 1a: a new ballot above everything seen, sent to every member.
+    /// Phase 1a: a new ballot above everything seen, sent to every member
+    /// of every configuration in the window.
     pub(super) fn start_election(&mut self) {
         let above = self.highest_seen.max(self.promised).max(self.ballot);
         self.ballot = above.next_for(self.id());
@@ -26,6 +54,7 @@ impl Replica {
         self.role = Role::Candidate;
         self.leader_hint = None;
         self.promises.clear();
+        self.recovered_upto = 0;
         self.prepare_first_slot = self.chosen_upto + 1;
         self.reset_election_timer();
         debug!(node = %self.id(), ballot = %self.ballot, first_slot = self.prepare_first_slot, "election");
@@ -33,12 +62,13 @@ impl Replica {
             ballot: self.ballot,
             first_slot: self.prepare_first_slot,
         };
-        for member in self.members() {
+        for member in self.window_members() {
             self.send(member, message.clone());
         }
     }
 
-    /// Phase 1b arrived.
+    /// Phase 1b arrived, for the candidate's election or for a leader
+    /// asking a new configuration.
     pub(super) fn on_promise(
         &mut self,
         from: NodeId,
@@ -47,18 +77,15 @@ impl Replica {
         compacted_upto: Slot,
         slots: Vec<PromisedSlot>,
     ) {
-        if self.role != Role::Candidate
-            || ballot != self.ballot
-            || first_slot != self.prepare_first_slot
-        {
+        if self.role == Role::Follower || ballot != self.ballot {
             return;
         }
         if compacted_upto >= first_slot {
-            // The promiser forgot chosen slots this candidate does not know,
-            // so the promise cannot show their values: taking over could
-            // propose no-ops over chosen values. Catch up first (the peer
+            // The promiser forgot chosen slots this replica does not know,
+            // so the promise cannot show their values: proposing there
+            // could put no-ops over chosen values. Catch up first (the peer
             // answers with a snapshot), and let a replica that is not
-            // behind win this election.
+            // behind lead.
             self.step_down(None);
             self.leader_commit = self.leader_commit.max(compacted_upto);
             self.send(
@@ -70,42 +97,51 @@ impl Replica {
             );
             return;
         }
-        self.promises.insert(from, slots);
-        if self.promises.len() >= self.quorum() {
+        let mut accepted = std::collections::BTreeMap::new();
+        for reported in slots {
+            let slot = reported.slot();
+            if slot < first_slot {
+                continue;
+            }
+            self.recovered_upto = self.recovered_upto.max(slot);
+            match reported {
+                PromisedSlot::Chosen { value, .. } => self.learn_chosen(slot, value),
+                PromisedSlot::Accepted { ballot, value, .. } => {
+                    accepted.insert(slot, (ballot, value));
+                }
+            }
+        }
+        self.advance_chosen();
+        // A promise covering more slots is worth more; an acceptor promises
+        // each ballot once, so a second one only repeats the first.
+        let keep_older = self
+            .promises
+            .get(&from)
+            .is_some_and(|p| p.first_slot <= first_slot);
+        if !keep_older {
+            self.promises.insert(
+                from,
+                PromiseInfo {
+                    first_slot,
+                    accepted,
+                },
+            );
+        }
+        if self.role == Role::Candidate && self.phase1_complete() {
             self.become_leader();
         }
     }
 
-    /// A quorum promised: take over every open slot, then lead.
-    fn become_leader(&mut self) {
-        // Per slot: a chosen value wins; otherwise the highest-ballot accept.
-        let mut found: BTreeMap<Slot, (Option<Ballot>, Value)> = BTreeMap::new();
-        for slots in std::mem::take(&mut self.promises).into_values() {
-            for reported in slots {
-                let slot = reported.slot();
-                if slot < self.prepare_first_slot {
-                    continue;
-                }
-                match reported {
-                    PromisedSlot::Chosen { value, .. } => {
-                        found.insert(slot, (None, value));
-                    }
-                    PromisedSlot::Accepted { ballot, value, .. } => {
-                        let higher = match found.get(&slot) {
-                            None => true,
-                            Some((None, _)) => false,
-                            Some((Some(current), _)) => ballot > *current,
-                        };
-                        if higher {
-                            found.insert(slot, (Some(ballot), value));
-                        }
-                    }
-                }
-            }
-        }
-        let last_found = found.keys().next_back().copied().unwrap_or(0);
-        let last_open = last_found.max(self.chosen_upto);
+    /// Whether a majority of every configuration in the window promised.
+    fn phase1_complete(&self) -> bool {
+        self.window_runs()
+            .iter()
+            .all(|&(first, _)| self.has_promise_quorum(first))
+    }
 
+    /// Phase 1 is done: lead. The open slots are filled from the promises
+    /// as the pipeline gets to them (`fill_slots`).
+    fn become_leader(&mut self) {
         self.role = Role::Leader;
         self.leader_hint = Some(self.id());
         self.leader_since = self.now_ticks;
@@ -113,38 +149,10 @@ impl Replica {
         self.proposals.clear();
         self.acked_probe.clear();
         self.last_heard_at.clear();
-        self.next_slot = last_open + 1;
-        self.recovered_upto = last_open;
-        info!(node = %self.id(), ballot = %self.ballot, open_slots = last_open.saturating_sub(self.chosen_upto), "leader");
-
-        let mut reproposed = Vec::new();
-        for slot in self.prepare_first_slot..=last_open {
-            if slot <= self.chosen_upto {
-                continue;
-            }
-            let known_chosen = matches!(self.log.get(&slot), Some(SlotState::Chosen { .. }));
-            match found.remove(&slot) {
-                Some((None, value)) => self.learn_chosen(slot, value),
-                // This replica knows the slot chosen (above a gap, so not yet
-                // counted in chosen_upto) even if the quorum reported it only
-                // as accepted: nothing to propose.
-                _ if known_chosen => {}
-                Some((Some(_), value)) => reproposed.push((slot, value)),
-                None => reproposed.push((slot, Value::Noop)),
-            }
-        }
-        self.advance_chosen();
-        for (slot, value) in reproposed {
-            self.proposals.insert(
-                slot,
-                Proposal {
-                    value,
-                    acks: Default::default(),
-                },
-            );
-        }
-        let slots: Vec<Slot> = self.proposals.keys().copied().collect();
-        self.send_accepts(&slots, None);
+        self.promises_requested_for = None;
+        self.next_slot = self.chosen_upto + 1;
+        self.recovered_upto = self.recovered_upto.max(self.chosen_upto);
+        info!(node = %self.id(), ballot = %self.ballot, open_slots = self.recovered_upto - self.chosen_upto, "leader");
         self.broadcast_heartbeat();
     }
 
@@ -158,76 +166,204 @@ impl Replica {
         self.role = Role::Follower;
         self.leader_hint = leader_hint;
         self.promises.clear();
+        self.promises_requested_for = None;
         self.proposals.clear();
         self.pending.clear();
+        self.reconfig_queued = None;
         self.pending_reads.clear();
         self.probe_wanted = false;
         self.reset_election_timer();
     }
 
-    /// Cuts queued commands into slots while the pipeline has room.
-    pub(super) fn flush_pending(&mut self) {
-        let mut new_slots = Vec::new();
-        while !self.pending.is_empty()
-            && (self.proposals.len() as u64) < self.config.inflight_slots_max
+    /// What the leader's next slot would hold, if it may propose it now.
+    pub(super) fn next_source(&self) -> Option<Source> {
+        if self.role != Role::Leader
+            || self.proposals.len() as u64 >= self.config.inflight_slots_max
         {
-            let mut batch = Vec::new();
-            let mut batch_bytes = 0;
-            while let Some(command) = self.pending.front() {
-                let full = batch.len() >= self.config.batch_commands_max
-                    || (!batch.is_empty()
-                        && batch_bytes + command.len() > self.config.batch_bytes_max);
-                if full {
-                    break;
-                }
-                batch_bytes += command.len();
-                if let Some(command) = self.pending.pop_front() {
-                    batch.push(command);
-                }
-            }
+            return None;
+        }
+        let slot = self.next_slot.max(self.chosen_upto + 1);
+        if slot > self.window_last() {
+            return None;
+        }
+        if matches!(self.log.get(&slot), Some(SlotState::Chosen { .. })) {
+            return Some(Source::KnownChosen);
+        }
+        if !self.has_promise_quorum(slot) {
+            return None;
+        }
+        if self.recovered_accept(slot).is_some() {
+            Some(Source::Recovered)
+        } else if slot <= self.recovered_upto {
+            Some(Source::Hole)
+        } else if self.reconfig_queued.is_some() {
+            Some(Source::Reconfigure)
+        } else if !self.pending.is_empty() {
+            Some(Source::Commands)
+        } else if self.change_not_in_force_at(slot) {
+            Some(Source::WindowFill)
+        } else {
+            None
+        }
+    }
+
+    /// The value accepted at the highest ballot in `slot` among the
+    /// promises of its members that cover it: the one value phase 2 may
+    /// propose there.
+    fn recovered_accept(&self, slot: Slot) -> Option<&(Ballot, Value)> {
+        self.membership
+            .members_at(slot)
+            .iter()
+            .filter_map(|m| self.promises.get(m))
+            .filter(|p| p.first_slot <= slot)
+            .filter_map(|p| p.accepted.get(&slot))
+            .max_by_key(|(ballot, _)| *ballot)
+    }
+
+    /// Whether a membership change chosen or in flight governs only slots
+    /// after `slot`.
+    fn change_not_in_force_at(&self, slot: Slot) -> bool {
+        let window = self.config.reconfig_window_slots;
+        self.membership.changes_after(slot)
+            || self
+                .proposals
+                .iter()
+                .any(|(&r, p)| matches!(p.value, Value::Reconfigure(_)) && r + window > slot)
+    }
+
+    /// Proposes every slot the window, the pipeline and the promises allow.
+    pub(super) fn fill_slots(&mut self) {
+        let mut new_slots = Vec::new();
+        while let Some(source) = self.next_source() {
+            self.next_slot = self.next_slot.max(self.chosen_upto + 1);
             let slot = self.next_slot;
             self.next_slot += 1;
+            let value = match source {
+                Source::KnownChosen => continue,
+                Source::Recovered => self
+                    .recovered_accept(slot)
+                    .map_or(Value::Noop, |(_, value)| value.clone()),
+                Source::Hole | Source::WindowFill => Value::Noop,
+                Source::Reconfigure => match self.reconfig_queued.take() {
+                    Some(members) => Value::Reconfigure(members),
+                    None => Value::Noop,
+                },
+                Source::Commands => self.cut_batch(),
+            };
+            debug_assert!(self.has_promise_quorum(slot), "proposing without phase 1");
             self.proposals.insert(
                 slot,
                 Proposal {
-                    value: Value::Commands(batch),
+                    value,
                     acks: Default::default(),
                 },
             );
             new_slots.push(slot);
+        }
+        // Promises are needed only for slots not yet proposed.
+        let next_slot = self.next_slot;
+        for promise in self.promises.values_mut() {
+            if promise
+                .accepted
+                .first_key_value()
+                .is_some_and(|(&first, _)| first < next_slot)
+            {
+                promise.accepted = promise.accepted.split_off(&next_slot);
+            }
         }
         if !new_slots.is_empty() {
             self.send_accepts(&new_slots, None);
         }
     }
 
-    /// Sends `Accept` for `slots` (in flight) to `only` or to every member,
-    /// at most `message_slots_max` slots per message.
-    fn send_accepts(&mut self, slots: &[Slot], only: Option<&[NodeId]>) {
-        let targets = match only {
-            Some(targets) => targets.to_vec(),
-            None => self.members(),
-        };
-        for chunk in slots.chunks(self.config.message_slots_max) {
-            let entries: Vec<SlotValue> = chunk
-                .iter()
-                .filter_map(|slot| {
-                    self.proposals.get(slot).map(|p| SlotValue {
-                        slot: *slot,
-                        value: p.value.clone(),
-                    })
-                })
-                .collect();
-            if entries.is_empty() {
-                continue;
+    /// Takes one slot's worth of queued commands.
+    fn cut_batch(&mut self) -> Value {
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        while let Some(command) = self.pending.front() {
+            let full = batch.len() >= self.config.batch_commands_max
+                || (!batch.is_empty() && batch_bytes + command.len() > self.config.batch_bytes_max);
+            if full {
+                break;
             }
-            for &target in &targets {
-                let message = Message::Accept {
-                    ballot: self.ballot,
-                    entries: entries.clone(),
-                    commit_upto: self.chosen_upto,
-                };
-                self.send(target, message);
+            batch_bytes += command.len();
+            if let Some(command) = self.pending.pop_front() {
+                batch.push(command);
+            }
+        }
+        Value::Commands(batch)
+    }
+
+    /// The window reached a configuration without a majority of promises:
+    /// asks its members to promise the leader's ballot from that slot on.
+    /// Sent once per slot, and again every heartbeat interval (`tick_leader`
+    /// clears the mark) while messages may be lost.
+    pub(super) fn request_promises_if_stalled(&mut self) {
+        let slot = self.next_slot.max(self.chosen_upto + 1);
+        if slot > self.window_last()
+            || self.promises_requested_for == Some(slot)
+            || self.has_promise_quorum(slot)
+        {
+            return;
+        }
+        self.promises_requested_for = Some(slot);
+        let missing: Vec<NodeId> = self
+            .membership
+            .members_at(slot)
+            .iter()
+            .copied()
+            .filter(|m| self.promises.get(m).is_none_or(|p| p.first_slot > slot))
+            .collect();
+        debug!(node = %self.id(), ballot = %self.ballot, slot, ?missing, "phase 1 for a new configuration");
+        let message = Message::Prepare {
+            ballot: self.ballot,
+            first_slot: slot,
+        };
+        for member in missing {
+            self.send(member, message.clone());
+        }
+    }
+
+    /// Sends `Accept` for `slots` (in flight) to `only` or to every member
+    /// of their configurations, at most `message_slots_max` slots per
+    /// message.
+    fn send_accepts(&mut self, slots: &[Slot], only: Option<NodeId>) {
+        for chunk in slots.chunks(self.config.message_slots_max) {
+            // Consecutive slots usually share one configuration: one
+            // message per member for the whole run.
+            let mut start = 0;
+            while start < chunk.len() {
+                let members = self.membership.members_at(chunk[start]).to_vec();
+                let mut end = start + 1;
+                while end < chunk.len()
+                    && self.membership.members_at(chunk[end]) == members.as_slice()
+                {
+                    end += 1;
+                }
+                let entries: Vec<SlotValue> = chunk[start..end]
+                    .iter()
+                    .filter_map(|slot| {
+                        self.proposals.get(slot).map(|p| SlotValue {
+                            slot: *slot,
+                            value: p.value.clone(),
+                        })
+                    })
+                    .collect();
+                start = end;
+                if entries.is_empty() {
+                    continue;
+                }
+                for &target in &members {
+                    if only.is_some_and(|only| only != target) {
+                        continue;
+                    }
+                    let message = Message::Accept {
+                        ballot: self.ballot,
+                        entries: entries.clone(),
+                        commit_upto: self.chosen_upto,
+                    };
+                    self.send(target, message);
+                }
             }
         }
     }
@@ -242,28 +378,46 @@ impl Replica {
         if from != self.id() {
             self.last_heard_at.insert(from, self.now_ticks);
         }
-        let quorum = self.quorum();
+        let me = self.id();
         let mut chosen_any = false;
         for slot in slots {
+            let members = self.membership.members_at(*slot);
+            if !members.contains(&from) {
+                continue;
+            }
+            let quorum = quorum_of(members);
+            let leader_votes = members.contains(&me);
             let Some(proposal) = self.proposals.get_mut(slot) else {
                 continue;
             };
             proposal.acks.insert(from);
-            if proposal.acks.len() >= quorum {
-                let Some(proposal) = self.proposals.remove(slot) else {
-                    continue;
-                };
-                // The leader's own acceptance may not be among the quorum,
-                // but the value is the one it proposed at its ballot, which
-                // its own acceptor holds or will hold; nothing to persist.
-                self.log.insert(
-                    *slot,
-                    SlotState::Chosen {
-                        value: proposal.value,
-                    },
-                );
-                chosen_any = true;
+            if proposal.acks.len() < quorum {
+                continue;
             }
+            let Some(proposal) = self.proposals.remove(slot) else {
+                continue;
+            };
+            if !leader_votes {
+                // A leader outside the slot's configuration (its own
+                // removal, on the way to taking effect) holds the value
+                // nowhere on disk: persist it before it is applied, as
+                // every applied slot must be.
+                self.persist(PersistOp::Chosen {
+                    slot: *slot,
+                    value: proposal.value.clone(),
+                });
+            }
+            // Otherwise the leader's own acceptance may not be among the
+            // quorum, but the value is the one it proposed at its ballot,
+            // which its own acceptor holds or will hold (the accept to
+            // itself is persisted in the same `Ready` that sent it).
+            self.log.insert(
+                *slot,
+                SlotState::Chosen {
+                    value: proposal.value,
+                },
+            );
+            chosen_any = true;
         }
         if chosen_any {
             self.advance_chosen();
@@ -288,25 +442,34 @@ impl Replica {
         self.heartbeat_elapsed_ticks = 0;
         let window = u64::from(self.config.election_timeout_ticks_max);
         if self.now_ticks >= self.leader_since + window {
+            // Every configuration in the window needs a live majority.
             let since = self.now_ticks - window;
-            let alive = self
-                .last_heard_at
-                .values()
-                .filter(|&&at| at >= since)
-                .count();
-            if alive + 1 < self.quorum() {
+            let me = self.id();
+            let quiet = self.window_runs().iter().any(|(_, members)| {
+                let alive = members
+                    .iter()
+                    .filter(|&&m| {
+                        m == me || self.last_heard_at.get(&m).is_some_and(|&at| at >= since)
+                    })
+                    .count();
+                alive < quorum_of(members)
+            });
+            if quiet {
                 self.step_down(None);
                 return;
             }
         }
         self.broadcast_heartbeat();
+        // Ask a stalled configuration to promise again: messages may have
+        // been lost.
+        self.promises_requested_for = None;
         // Retransmit every slot still in flight to the members that have
         // not acknowledged it: messages may have been lost.
-        let mut missing: BTreeMap<NodeId, Vec<Slot>> = BTreeMap::new();
+        let mut missing: std::collections::BTreeMap<NodeId, Vec<Slot>> = Default::default();
         for (&slot, proposal) in &self.proposals {
             for member in self
-                .config
-                .members
+                .membership
+                .members_at(slot)
                 .iter()
                 .filter(|m| !proposal.acks.contains(m))
             {
@@ -314,12 +477,12 @@ impl Replica {
             }
         }
         for (member, slots) in missing {
-            self.send_accepts(&slots, Some(&[member]));
+            self.send_accepts(&slots, Some(member));
         }
     }
 
-    /// A new heartbeat round to every member; also confirms leadership for
-    /// the reads waiting on it.
+    /// A new heartbeat round to every member of the window; also confirms
+    /// leadership for the reads waiting on it.
     pub(super) fn broadcast_heartbeat(&mut self) {
         self.probe += 1;
         let id = self.id();
@@ -329,8 +492,10 @@ impl Replica {
             commit_upto: self.chosen_upto,
             probe: self.probe,
         };
-        for peer in self.peers().collect::<Vec<_>>() {
-            self.send(peer, message.clone());
+        for peer in self.window_members() {
+            if peer != id {
+                self.send(peer, message.clone());
+            }
         }
         self.confirm_reads();
     }
@@ -362,19 +527,32 @@ impl Replica {
         self.confirm_reads();
     }
 
-    /// Releases every read whose heartbeat round a quorum acknowledged, and
-    /// whose slot is not below what phase 1 recovered.
+    /// Releases every read whose heartbeat round a majority of every
+    /// configuration in the window acknowledged, once everything the
+    /// promises reported is chosen and every configuration in the window
+    /// promised. Then no lower ballot can have chosen a slot this leader
+    /// does not know (its window's promises would have reported it), and
+    /// no higher ballot can have chosen anything before the round (a
+    /// majority of that slot's members would have refused the heartbeat);
+    /// see "Membership change" in `docs/protocol.md`.
     pub(super) fn confirm_reads(&mut self) {
-        if self.pending_reads.is_empty() {
+        if self.pending_reads.is_empty() || self.chosen_upto < self.recovered_upto {
             return;
         }
-        let mut acked: Vec<u64> = self.acked_probe.values().copied().collect();
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let Some(&confirmed) = acked.get(self.quorum() - 1) else {
-            return;
-        };
-        if self.chosen_upto < self.recovered_upto {
-            return;
+        let mut confirmed = u64::MAX;
+        for (first, members) in self.window_runs() {
+            if !self.has_promise_quorum(first) {
+                return;
+            }
+            let mut acked: Vec<u64> = members
+                .iter()
+                .map(|m| self.acked_probe.get(m).copied().unwrap_or(0))
+                .collect();
+            acked.sort_unstable_by(|a, b| b.cmp(a));
+            let Some(&round) = acked.get(quorum_of(members) - 1) else {
+                return;
+            };
+            confirmed = confirmed.min(round);
         }
         let mut waiting = Vec::new();
         for read in std::mem::take(&mut self.pending_reads) {

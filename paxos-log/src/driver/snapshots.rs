@@ -3,7 +3,9 @@
 //! compacted log, and reassembling the ones received.
 //!
 //! A snapshot is the state machine's bytes at an applied slot, kept in a
-//! [`SnapshotStore`] (checksummed, written atomically). It is sent in
+//! [`SnapshotStore`] (checksummed, written atomically), with the group's
+//! [`Membership`] as of that slot in the file's meta: the snapshot replaces
+//! the log prefix whose `Reconfigure` values it was computed from. It is sent in
 //! bounded chunks as [`Message::Snapshot`]; the receiver keeps one partial
 //! transfer per peer and restarts it when a chunk is missing, and the sender
 //! resends at most once per `resend_after`, when the peer asks again.
@@ -11,9 +13,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use storage::snapshot::SnapshotStore;
+use storage::snapshot::{SnapshotInfo, SnapshotStore};
 use storage::StorageError;
 
+use crate::membership::Membership;
 use crate::message::{Envelope, Message};
 use crate::types::{NodeId, Slot};
 
@@ -33,15 +36,48 @@ pub(super) struct Snapshots {
     incoming: BTreeMap<NodeId, Incoming>,
 }
 
-/// A snapshot's contents: the slot it covers and the state machine's bytes.
-pub(super) type SnapshotData = (Slot, Vec<u8>);
+/// A snapshot's contents.
+#[derive(Debug)]
+pub(super) struct SnapshotData {
+    /// It covers every slot up to here.
+    pub(super) slot: Slot,
+    /// The configurations as of `slot`; `None` in a snapshot written
+    /// before membership changes existed (the genesis members then).
+    pub(super) membership: Option<Membership>,
+    /// The state machine's bytes.
+    pub(super) data: Vec<u8>,
+}
 
 /// A transfer being received.
 #[derive(Debug)]
 struct Incoming {
     slot: Slot,
     total_bytes: u64,
+    membership: Option<Membership>,
     data: Vec<u8>,
+}
+
+/// The snapshot file's meta: the membership, bincode-encoded (empty: none).
+fn encode_membership(membership: &Membership) -> Vec<u8> {
+    // Encoding plain integers and vectors into memory cannot fail.
+    bincode::serialize(membership).unwrap_or_default()
+}
+
+fn decode_membership(info: &SnapshotInfo) -> Result<Option<Membership>, StorageError> {
+    if info.meta.is_empty() {
+        return Ok(None);
+    }
+    let corrupt = |reason: String| StorageError::Corruption {
+        path: info.path.clone(),
+        offset: 0,
+        reason,
+    };
+    let membership: Membership = bincode::deserialize(&info.meta)
+        .map_err(|e| corrupt(format!("the membership in the meta does not decode: {e}")))?;
+    membership
+        .validate()
+        .map_err(|e| corrupt(format!("the membership in the meta is invalid: {e}")))?;
+    Ok(Some(membership))
 }
 
 impl Snapshots {
@@ -55,7 +91,11 @@ impl Snapshots {
         resend_after: Duration,
     ) -> Result<(Snapshots, Option<SnapshotData>), StorageError> {
         let latest = match store.latest_valid()? {
-            Some(info) => Some((info.index, read_all(&store, info.index)?)),
+            Some(info) => Some(SnapshotData {
+                slot: info.index,
+                membership: decode_membership(&info)?,
+                data: read_all(&store, info.index)?,
+            }),
             None => None,
         };
         let snapshots = Snapshots {
@@ -64,7 +104,7 @@ impl Snapshots {
             chunk_bytes: chunk_bytes.max(1),
             bytes_max,
             resend_after,
-            last_slot: latest.as_ref().map_or(0, |(slot, _)| *slot),
+            last_slot: latest.as_ref().map_or(0, |latest| latest.slot),
             sent_at: BTreeMap::new(),
             incoming: BTreeMap::new(),
         };
@@ -77,8 +117,13 @@ impl Snapshots {
     }
 
     /// Makes `data` the durable snapshot at `slot` and drops older ones.
-    pub(super) fn save(&mut self, slot: Slot, data: &[u8]) -> Result<(), StorageError> {
-        let mut writer = self.store.begin(slot, &[])?;
+    pub(super) fn save(
+        &mut self,
+        slot: Slot,
+        membership: &Membership,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        let mut writer = self.store.begin(slot, &encode_membership(membership))?;
         for chunk in data.chunks(self.chunk_bytes) {
             writer.write_chunk(chunk)?;
         }
@@ -105,6 +150,8 @@ impl Snapshots {
             return Ok(Vec::new());
         }
         self.sent_at.insert(peer, now);
+        let info = self.store.verify(self.last_slot)?;
+        let membership = decode_membership(&info)?;
         let data = read_all(&self.store, self.last_slot)?;
         let total_bytes = data.len() as u64;
         let mut offset = 0u64;
@@ -121,6 +168,11 @@ impl Snapshots {
                     slot: self.last_slot,
                     offset,
                     total_bytes,
+                    membership: if offset == 0 {
+                        membership.clone()
+                    } else {
+                        None
+                    },
                     data: chunk.to_vec(),
                 },
             });
@@ -136,6 +188,7 @@ impl Snapshots {
         slot: Slot,
         offset: u64,
         total_bytes: u64,
+        membership: Option<Membership>,
         data: Vec<u8>,
     ) -> Option<SnapshotData> {
         if total_bytes > self.bytes_max || offset.saturating_add(data.len() as u64) > total_bytes {
@@ -149,6 +202,7 @@ impl Snapshots {
                 Incoming {
                     slot,
                     total_bytes,
+                    membership,
                     data: Vec::with_capacity(capacity),
                 },
             );
@@ -164,10 +218,11 @@ impl Snapshots {
         }
         incoming.data.extend_from_slice(&data);
         if incoming.data.len() as u64 == total_bytes {
-            return self
-                .incoming
-                .remove(&from)
-                .map(|done| (done.slot, done.data));
+            return self.incoming.remove(&from).map(|done| SnapshotData {
+                slot: done.slot,
+                membership: done.membership,
+                data: done.data,
+            });
         }
         None
     }

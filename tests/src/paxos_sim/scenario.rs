@@ -164,6 +164,8 @@ pub struct Scenario {
     pub message_slots_max: usize,
     /// `Config::pending_commands_max`.
     pub pending_commands_max: usize,
+    /// `Config::reconfig_window_slots` (α).
+    pub reconfig_window_slots: u64,
     /// Each run draws the core settings above (heartbeat interval,
     /// election timeouts, batch, pipeline and message bounds) from wide
     /// ranges instead, so that the seeds of one suite also cover many
@@ -221,6 +223,7 @@ impl Scenario {
             inflight_slots_max: 8,
             message_slots_max: 8,
             pending_commands_max: 64,
+            reconfig_window_slots: 8,
             vary_core_settings: false,
             corruption: None,
         }

@@ -417,6 +417,9 @@ fn draw_core_settings(scenario: &mut Scenario, rng: &mut SimRng) {
     // replay a long log, beyond any sensible liveness bound.
     scenario.message_slots_max = bound(rng, 8, 32);
     scenario.pending_commands_max = bound(rng, 4, 128);
+    // α from 1 (no pipelining beyond the chosen prefix) to above every
+    // pipeline depth drawn.
+    scenario.reconfig_window_slots = rng.between(1, 24);
 }
 
 /// Where in carrying out a `Ready` a replica crashes.
@@ -774,6 +777,7 @@ impl Sim {
         config.inflight_slots_max = scenario.inflight_slots_max;
         config.message_slots_max = scenario.message_slots_max;
         config.pending_commands_max = scenario.pending_commands_max;
+        config.reconfig_window_slots = scenario.reconfig_window_slots;
         // As the real driver at start: slots covered by the durable snapshot
         // are compacted out of the acceptor store before the core starts,
         // so a stale accept there can never be taken for the chosen value
@@ -797,7 +801,13 @@ impl Sim {
             node.snapshot.slot(),
             recovered.compacted_upto,
         )?;
-        let replica = Replica::new(config, recovered, applied_upto)
+        // As the real driver: the snapshot's membership knows the changes
+        // chosen in the slots it replaced.
+        let membership = (snapshot_slot > 0).then(|| {
+            node.snapshot
+                .membership(&config.members, config.reconfig_window_slots)
+        });
+        let replica = Replica::recover(config, recovered, applied_upto, membership)
             .expect("the simulation's configuration is valid");
         node.replica = Some(replica);
         node.emitted_upto = applied_upto;
@@ -1400,6 +1410,9 @@ impl Sim {
             Err(ProposeError::Busy) => {
                 self.stats.commands_refused += 1;
                 "busy"
+            }
+            Err(ProposeError::Reconfiguring | ProposeError::InvalidMembership(_)) => {
+                unreachable!("propose never refuses a command for membership reasons")
             }
         };
         self.trace.push(

@@ -10,7 +10,7 @@
 
 use std::rc::Rc;
 
-use paxos_log::{Slot, Value};
+use paxos_log::{Membership, NodeId, Slot, Value};
 
 /// The slot of 0-based position `index` in a prefix.
 fn slot_of(index: usize) -> Slot {
@@ -82,6 +82,20 @@ impl Snapshot {
     /// The value of `slot` in the snapshot.
     pub(crate) fn value(&self, slot: Slot) -> Option<&Value> {
         self.values.get(index_of(slot)?).map(|value| &**value)
+    }
+
+    /// The group's configurations as of this snapshot's slot, computed from
+    /// the prefix itself (the real driver saves the core's own account,
+    /// `Replica::membership_for_snapshot`, with the file): the genesis
+    /// members, then every `Reconfigure` in the prefix.
+    pub(crate) fn membership(&self, genesis: &[NodeId], window_slots: u64) -> Membership {
+        let mut membership = Membership::genesis(genesis);
+        for (index, value) in self.values.iter().enumerate() {
+            if let Value::Reconfigure(members) = &**value {
+                membership.record(slot_of(index), members, window_slots);
+            }
+        }
+        membership
     }
 
     /// A copy with the value of 0-based position `index` (reduced modulo

@@ -141,6 +141,10 @@ pub(crate) fn short_value(value: &Value) -> String {
                 .collect();
             format!("[{}]", ids.join(","))
         }
+        Value::Reconfigure(members) => {
+            let ids: Vec<String> = members.iter().map(ToString::to_string).collect();
+            format!("reconfigure{{{}}}", ids.join(","))
+        }
     }
 }
 

@@ -265,8 +265,11 @@ impl Sim {
         {
             self.stats.snapshots_installed_not_follower += 1;
         }
+        let membership = node
+            .snapshot
+            .membership(&self.members, self.scenario.reconfig_window_slots);
         if let Some(replica) = node.replica.as_mut() {
-            replica.install_snapshot(slot);
+            replica.install_snapshot(slot, membership);
         }
         node.store
             .compact(slot)
