@@ -89,12 +89,8 @@ impl Machines {
         let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
         let network = Arc::new(ChannelTransport::new());
         let nodes: BTreeMap<NodeId, Node<LogMachine>> = (1..=5)
-            .map(|i| {
-                (
-                    NodeId(i),
-                    start(NodeId(i), dirs[i as usize - 1].path(), &network),
-                )
-            })
+            .zip(&dirs)
+            .map(|(i, dir)| (NodeId(i), start(NodeId(i), dir.path(), &network)))
             .collect();
         let machines = Machines {
             dirs,

@@ -505,6 +505,20 @@ impl Replica {
                 .values()
                 .any(|p| matches!(p.value, Value::Reconfigure(_)))
             || self.membership.changes_after(self.chosen_upto + 1)
+            || self.chosen_change_above_prefix()
+    }
+
+    /// Whether a change is known chosen above a gap: not in flight any
+    /// more, and not yet recorded (changes are recorded in slot order).
+    fn chosen_change_above_prefix(&self) -> bool {
+        self.log.range(self.chosen_upto + 1..).any(|(_, state)| {
+            matches!(
+                state,
+                SlotState::Chosen {
+                    value: Value::Reconfigure(_)
+                }
+            )
+        })
     }
 
     /// Starts a linearizable read. When leadership is confirmed, a

@@ -224,11 +224,15 @@ impl Replica {
     /// after `slot`.
     fn change_not_in_force_at(&self, slot: Slot) -> bool {
         let window = self.config.reconfig_window_slots;
+        let governs_later =
+            |r: Slot, value: &Value| matches!(value, Value::Reconfigure(_)) && r + window > slot;
         self.membership.changes_after(slot)
+            || self.proposals.iter().any(|(&r, p)| governs_later(r, &p.value))
+            // Chosen above a gap: no longer in flight, not yet recorded.
             || self
-                .proposals
-                .iter()
-                .any(|(&r, p)| matches!(p.value, Value::Reconfigure(_)) && r + window > slot)
+                .log
+                .range(self.chosen_upto + 1..)
+                .any(|(&r, state)| matches!(state, SlotState::Chosen { value } if governs_later(r, value)))
     }
 
     /// Proposes every slot the window, the pipeline and the promises allow.

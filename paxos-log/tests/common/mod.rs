@@ -260,3 +260,54 @@ pub fn tick_until_heartbeat(r: &mut Replica) -> Ready {
     }
     panic!("no heartbeat");
 }
+
+/// `[NodeId(id), ..]`.
+pub fn ids(ids: &[u64]) -> Vec<NodeId> {
+    ids.iter().copied().map(NodeId).collect()
+}
+
+/// `Value::Reconfigure` naming `members`.
+pub fn reconf(members: &[u64]) -> Value {
+    Value::Reconfigure(ids(members))
+}
+
+/// The default configuration of `n<id>` in a genesis group of `size`, with
+/// α (`reconfig_window_slots`) = `alpha`.
+pub fn config_alpha(id: u64, size: u64, alpha: u64) -> Config {
+    let mut config = config(id, size);
+    config.reconfig_window_slots = alpha;
+    config
+}
+
+/// A fresh `n<id>` elected leader of a genesis group of `size` with α =
+/// `alpha` (peers promise in id order, as in [`elect`]), quiet.
+pub fn leader_with_alpha(id: u64, size: u64, alpha: u64) -> (Replica, Ballot) {
+    leader_with(config_alpha(id, size, alpha))
+}
+
+/// The `Accept`s in `ready.messages`, as `(to, ballot, slots)`, in order.
+pub fn accepts_in(ready: &Ready) -> Vec<(u64, Ballot, Vec<Slot>)> {
+    ready
+        .messages
+        .iter()
+        .filter_map(|e| match &e.message {
+            Message::Accept {
+                ballot, entries, ..
+            } => Some((e.to.0, *ballot, entries.iter().map(|sv| sv.slot).collect())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every peer in `from` that `ready` (taken from leader `r`) sent an
+/// `Accept` to answers `Accepted` for exactly the slots it was sent. The
+/// leader sends a slot only to the members of its configuration, so this
+/// acknowledges each slot from the right members only.
+pub fn ack_accepts(r: &mut Replica, ready: &Ready, from: &[u64]) {
+    let me = r.id().0;
+    for (to, ballot, slots) in accepts_in(ready) {
+        if from.contains(&to) {
+            r.step(env(to, me, accepted(ballot, slots)));
+        }
+    }
+}
