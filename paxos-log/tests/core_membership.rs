@@ -587,6 +587,21 @@ fn a_non_voter_follows_and_catches_up_and_campaigns_once_a_change_adds_it() {
         r.tick();
         assert_eq!(r.role(), Role::Follower);
     }
+    // It never campaigns; hearing no leader, it pulls the chosen log from
+    // the members it knows, one message's worth at a time.
+    let pulled = take(&mut r);
+    assert!(!pulled.messages.is_empty(), "a lonely non-voter pulls");
+    let first_pull = Message::CatchUp {
+        first_slot: 1,
+        last_slot: config_alpha(4, 3, 2).message_slots_max as u64,
+    };
+    for envelope in &pulled.messages {
+        assert!(
+            [n(1), n(2), n(3)].contains(&envelope.to) && envelope.message == first_pull,
+            "only pulls from the genesis members: {envelope:?}"
+        );
+    }
+    assert!(pulled.persist.is_empty(), "no promise: no campaign");
     assert_quiet(&r);
 
     let leader = b(1, 1);
@@ -925,4 +940,39 @@ fn the_same_inputs_give_the_same_readys() {
         first.iter().any(|r| !r.reads.is_empty()),
         "the read was served"
     );
+}
+
+// A non-voter's pull (see the test above) goes on while the answers are
+// full: the peer may have more. An answer that teaches nothing new (a
+// duplicate) asks nothing more, so duplicated messages cannot loop.
+#[test]
+fn a_pull_answered_with_a_full_batch_asks_the_same_peer_for_more() {
+    let mut config = config_alpha(4, 3, 2);
+    config.message_slots_max = 2;
+    let mut r = Replica::new(config, RecoveredState::default(), 0).unwrap();
+    let batch = chosen(vec![(1, cmd(b"a")), (2, cmd(b"b"))]);
+
+    r.step(env(2, 4, batch.clone()));
+    let ready = take(&mut r);
+    assert_eq!(
+        ready.messages,
+        vec![env(
+            4,
+            2,
+            Message::CatchUp {
+                first_slot: 3,
+                last_slot: 4
+            }
+        )]
+    );
+    assert_eq!(r.chosen_upto(), 2);
+
+    r.step(env(2, 4, batch));
+    assert!(take(&mut r).messages.is_empty(), "a duplicate asks nothing");
+    r.step(env(2, 4, chosen(vec![(3, Value::Noop)])));
+    assert!(
+        take(&mut r).messages.is_empty(),
+        "a short answer is the end of the peer's log"
+    );
+    assert_eq!(r.chosen_upto(), 3);
 }

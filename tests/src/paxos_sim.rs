@@ -18,6 +18,14 @@
 //! and installs the snapshots it receives, as `paxos-log`'s driver does;
 //! long outages (a replica down or cut off for a long stretch) make replicas
 //! fall behind the others' compaction points.
+//! With membership changes ([`Scenario::spares`],
+//! [`Scenario::reconfig_rate`]) the machines are the genesis replicas (every
+//! machine's `Config::members`) and spare machines that run from the start
+//! outside the group; while the faults last, the leader is asked to add a
+//! machine, remove a member (itself too) or replace one, and the machine
+//! being added or removed is sometimes crashed around the change, so that it
+//! must catch up from the log or a snapshot (which carries the membership)
+//! after its restart. Every machine takes part in every fault.
 //! Nothing depends on wall time or hash order: a seed replays exactly.
 //!
 //! The invariants ([`Checker`], one method each) are checked after every
@@ -26,13 +34,19 @@
 //! durability across crashes (a compacted slot lives on in the state
 //! machine), read linearizability, state machine = chosen log prefix
 //! (after every snapshot install and restart, and at the end), compaction
-//! never beyond what was applied nor beyond the durable snapshot, and no
-//! candidate leading on a promise that compacted its first open slot; and,
+//! never beyond what was applied nor beyond the durable snapshot, no
+//! candidate leading on a promise that compacted its first open slot,
+//! configuration agreement (every replica's configurations of the slots of
+//! its α-window are the ones the chosen log decides) and validity of
+//! membership changes (only member sets a leader took are chosen); and,
 //! once the faults stop, liveness (a leader is elected and a fresh proposal
 //! is chosen on every replica within `Scenario::liveness_ticks`, also for
-//! replicas that only a snapshot can bring back). A violation comes back
-//! as a [`Violation`] whose report holds the seed, the scenario, the
-//! invariant, the last events and the command that replays it:
+//! replicas that only a snapshot can bring back; with membership changes,
+//! on every member of the latest configuration: a removed machine hears
+//! from no leader and may stay behind, but what it holds must be right).
+//! A violation comes back as a [`Violation`] whose report holds the seed,
+//! the scenario, the invariant, the last events and the command that
+//! replays it:
 //!
 //! ```text
 //! SIM_SEED=1234 cargo test -p tests --test paxos_sim -- \

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use paxos_log::{Entry, NodeId, Value};
+use paxos_log::{Entry, Membership, NodeId, Value};
 use tests::paxos_sim::{
     command, run, run_suite, Checker, Corruption, Invariant, Scenario, SuiteStats,
 };
@@ -308,6 +308,139 @@ fn compaction_mixed_faults_10k_seeds() {
     assert_snapshots_exercised(&stats);
 }
 
+/// Floors of the suites with membership changes: changes of every kind
+/// were taken, chosen and put in force, machines being added or removed
+/// crashed around them, and every proposed set was a valid one.
+fn assert_membership_exercised(stats: &SuiteStats) {
+    let t = &stats.totals;
+    assert_eq!(
+        t.reconfigs_refused_other, 0,
+        "a valid member set was refused: {t}"
+    );
+    if !full_run(stats) {
+        return;
+    }
+    let floor = stats.seeds / 2;
+    assert!(
+        t.reconfigs_taken > stats.seeds,
+        "too few changes taken: {t}"
+    );
+    assert!(
+        t.reconfigs_chosen > stats.seeds,
+        "too few changes chosen: {t}"
+    );
+    assert!(
+        t.reconfigs_in_force > stats.seeds,
+        "too few changes in force: {t}"
+    );
+    assert!(t.adds > floor, "too few additions: {t}");
+    assert!(t.removes > floor, "too few removals: {t}");
+    assert!(t.replaces > floor, "too few replacements: {t}");
+    assert!(t.leader_removals > 0, "no leader ever removed itself: {t}");
+    assert!(
+        t.reconfigs_not_leader > 0 && t.reconfigs_refused_in_progress > 0,
+        "no change was ever refused: {t}"
+    );
+    assert!(
+        t.changing_node_crashes > floor,
+        "too few crashes of a machine being added or removed: {t}"
+    );
+}
+
+#[test]
+fn membership_changes() {
+    let stats = suite("membership_changes", &Scenario::membership_changes(), SEEDS);
+    assert_progress(&stats);
+    assert_holes_filled(&stats);
+    assert_membership_exercised(&stats);
+    let t = &stats.totals;
+    if full_run(&stats) {
+        assert!(t.dropped > 0 && t.partitions + t.link_cuts > 0, "{t}");
+        assert!(t.crashes > stats.seeds && t.crashes_in_ready > 0, "{t}");
+    }
+}
+
+#[test]
+fn membership_five_replicas_mixed() {
+    let stats = suite(
+        "membership_five_replicas_mixed",
+        &Scenario::membership_five_replicas_mixed(),
+        SEEDS,
+    );
+    assert_progress(&stats);
+    assert_holes_filled(&stats);
+    assert_membership_exercised(&stats);
+    let t = &stats.totals;
+    if full_run(&stats) {
+        assert!(t.crashes_in_ready > 0 && t.crash_all > 0, "{t}");
+    }
+}
+
+#[test]
+fn membership_with_compaction() {
+    let stats = suite(
+        "membership_with_compaction",
+        &Scenario::membership_with_compaction(),
+        SEEDS,
+    );
+    assert_progress(&stats);
+    assert_snapshots_exercised(&stats);
+    assert_membership_exercised(&stats);
+    let t = &stats.totals;
+    if full_run(&stats) {
+        assert!(
+            t.snapshots_installed_by_added > stats.seeds / 10,
+            "too few added machines caught up through a snapshot: {t}"
+        );
+    }
+}
+
+/// [`Scenario::membership_one_member_handover`]: no fault at all, a
+/// one-member group whose member is replaced by a spare machine (and the
+/// spare added). The smallest reproduction of a handover that leaves no
+/// member of the new configuration aware that it is one (see the suite
+/// reports: the outgoing member steps down as soon as its removal is in
+/// force, and nobody else ever campaigns).
+#[test]
+fn membership_one_member_handover() {
+    let stats = suite(
+        "membership_one_member_handover",
+        &Scenario::membership_one_member_handover(),
+        SEEDS,
+    );
+    // No faults here, so not `assert_progress`: every seed must hand the
+    // group over and keep choosing commands.
+    let t = &stats.totals;
+    assert_eq!(t.faults(), 0, "{t}");
+    assert_eq!(t.reconfigs_refused_other, 0, "{t}");
+    if full_run(&stats) {
+        assert!(t.commands_chosen >= stats.seeds * 50, "{t}");
+        assert!(
+            t.leaders > stats.seeds,
+            "leadership never changed hands: {t}"
+        );
+        assert!(
+            t.adds > stats.seeds / 4 && t.replaces > stats.seeds / 4,
+            "{t}"
+        );
+        assert!(t.leader_removals > stats.seeds / 4, "{t}");
+        assert!(t.reconfigs_in_force > stats.seeds, "{t}");
+    }
+}
+
+#[test]
+#[ignore = "long: 10,000 seeds; run with --ignored"]
+fn membership_mixed_faults_10k_seeds() {
+    let stats = suite(
+        "membership_mixed_faults_10k_seeds",
+        &Scenario::membership_mixed_faults(),
+        10_000,
+    );
+    assert_progress(&stats);
+    assert_snapshots_exercised(&stats);
+    assert_membership_exercised(&stats);
+}
+
 /// The same seed gives the same run: nothing depends on wall time or hash
 /// order.
 #[test]
@@ -316,6 +449,7 @@ fn runs_are_deterministic() {
         Scenario::five_replicas_mixed_faults(),
         Scenario::compaction_and_snapshots(),
         Scenario::compaction_five_replicas_mixed(),
+        Scenario::membership_with_compaction(),
     ] {
         for seed in [0, 1, 2, 77] {
             let a = run(&scenario, seed).unwrap();
@@ -398,6 +532,127 @@ fn checker_catches_corrupted_snapshots() {
             "{report}"
         );
     }
+}
+
+/// A driver that restores and installs snapshots without the membership
+/// saved with them gives the core the genesis configuration after a
+/// snapshot that covers a change: the simulation must report the
+/// replica's wrong configurations (before they can split a quorum).
+#[test]
+fn checker_catches_snapshots_that_forget_the_membership() {
+    let scenario = Scenario {
+        corruption: Some(Corruption::ForgetSnapshotMembership),
+        ..Scenario::membership_with_compaction()
+    };
+    let mut caught = 0;
+    for seed in 0..20 {
+        // A seed whose snapshots never covered a change has nothing to
+        // catch; every other must be caught, as a configuration violation.
+        let Err(violation) = run(&scenario, seed) else {
+            continue;
+        };
+        caught += 1;
+        let report = violation.report("checker_catches_snapshots_that_forget_the_membership");
+        assert_eq!(
+            violation.error.invariant,
+            Invariant::Configuration,
+            "seed {seed}: caught as {}, not as configuration agreement:\n{report}",
+            violation.error,
+        );
+        assert!(
+            report.contains("true configurations (chosen log)"),
+            "the report shows the true configurations:\n{report}"
+        );
+    }
+    assert!(caught >= 10, "only {caught} of 20 seeds caught");
+}
+
+fn ids(ids: &[u64]) -> Vec<NodeId> {
+    ids.iter().copied().map(NodeId).collect()
+}
+
+#[test]
+fn checker_catches_wrong_configurations() {
+    // α = 4; a change to {1,2,4} chosen in slot 2 governs from slot 6.
+    let mut checker = Checker::for_group(&ids(&[1, 2, 3]), 4);
+    checker.record_proposed_members(&ids(&[1, 2, 4]));
+    checker.on_chosen(NodeId(1), 1, 1, &Value::Noop).unwrap();
+    checker
+        .on_chosen(NodeId(1), 1, 2, &Value::Reconfigure(ids(&[1, 2, 4])))
+        .unwrap();
+    checker.on_chosen(NodeId(1), 1, 3, &Value::Noop).unwrap();
+    let mut right = Membership::genesis(&ids(&[1, 2, 3]));
+    right.record(2, &ids(&[4, 2, 1]), 4);
+    for chosen_upto in 0..=3 {
+        checker
+            .check_configuration(NodeId(2), chosen_upto, &right)
+            .unwrap();
+    }
+    // Before slot 2 the change governs nothing in the window yet.
+    let genesis = Membership::genesis(&ids(&[1, 2, 3]));
+    checker.check_configuration(NodeId(2), 1, &genesis).unwrap();
+    // The change missed, recorded with the wrong α, or to the wrong set;
+    // and a replica ahead of everything ever reported chosen.
+    let mut wrong_alpha = Membership::genesis(&ids(&[1, 2, 3]));
+    wrong_alpha.record(2, &ids(&[1, 2, 4]), 3);
+    let mut wrong_set = Membership::genesis(&ids(&[1, 2, 3]));
+    wrong_set.record(2, &ids(&[1, 2, 5]), 4);
+    for (chosen_upto, membership) in [
+        (2, &genesis),
+        (3, &genesis),
+        (2, &wrong_alpha),
+        (3, &wrong_set),
+        (4, &right),
+    ] {
+        let error = checker
+            .check_configuration(NodeId(2), chosen_upto, membership)
+            .unwrap_err();
+        assert_eq!(error.invariant, Invariant::Configuration, "{error}");
+    }
+    assert_eq!(checker.latest_members(), Some(&ids(&[1, 2, 4])[..]));
+    // A checker fed by hand, without the group, checks no configuration.
+    Checker::new()
+        .check_configuration(NodeId(2), 3, &genesis)
+        .unwrap();
+}
+
+#[test]
+fn checker_catches_membership_changes_nobody_proposed() {
+    let mut checker = Checker::for_group(&ids(&[1, 2, 3]), 4);
+    checker.record_proposed_members(&ids(&[1, 2, 4]));
+    checker
+        .on_chosen(NodeId(1), 1, 1, &Value::Reconfigure(ids(&[1, 2, 4])))
+        .unwrap();
+    for members in [ids(&[1, 2, 5]), ids(&[4, 2, 1]), vec![]] {
+        let error = checker
+            .on_chosen(NodeId(1), 1, 2, &Value::Reconfigure(members))
+            .unwrap_err();
+        assert_eq!(error.invariant, Invariant::Validity, "{error}");
+    }
+}
+
+#[test]
+fn checker_catches_wrong_values_on_removed_replicas() {
+    let mut checker = Checker::new();
+    checker.record_proposed(1);
+    checker.on_chosen(NodeId(1), 1, 1, &commands(&[1])).unwrap();
+    checker.on_chosen(NodeId(1), 1, 2, &Value::Noop).unwrap();
+    let one = commands(&[1]);
+    let noop = Value::Noop;
+    // A removed replica may hold nothing past where it was left behind...
+    checker
+        .check_nothing_wrong(NodeId(3), 2, |slot| (slot == 1).then_some(&one))
+        .unwrap();
+    // ...but what it holds must be the chosen value.
+    let error = checker
+        .check_nothing_wrong(NodeId(3), 2, |slot| (slot == 2).then_some(&one))
+        .unwrap_err();
+    assert_eq!(error.invariant, Invariant::Durability, "{error}");
+    checker
+        .check_nothing_wrong(NodeId(3), 2, |slot| {
+            Some(if slot == 1 { &one } else { &noop })
+        })
+        .unwrap();
 }
 
 #[test]

@@ -97,7 +97,9 @@ impl Replica {
     }
 
     /// Chosen values from a peer.
-    pub(super) fn on_chosen(&mut self, entries: Vec<SlotValue>) {
+    pub(super) fn on_chosen(&mut self, from: NodeId, entries: Vec<SlotValue>) {
+        let before = self.chosen_upto;
+        let full_batch = entries.len() >= self.config.message_slots_max;
         for SlotValue { slot, value } in entries {
             self.learn_chosen(slot, value);
         }
@@ -107,7 +109,39 @@ impl Replica {
             if let Some(leader) = self.leader_hint {
                 self.request_catch_up(leader);
             }
+        } else if full_batch && self.chosen_upto > before {
+            // A pull without a leader (`pull_catch_up`): the peer may have
+            // more. Only while this answer moved the prefix, so duplicated
+            // answers never loop.
+            self.send_catch_up(from);
         }
+    }
+
+    /// A non-voter that hears no leader asks every member it knows for the
+    /// chosen slots after its prefix (see `Replica::tick`).
+    pub(super) fn pull_catch_up(&mut self) {
+        let mut peers = self.window_members();
+        peers.extend_from_slice(self.membership.latest().1);
+        peers.sort_unstable();
+        peers.dedup();
+        for peer in peers {
+            if peer != self.id() {
+                self.send_catch_up(peer);
+            }
+        }
+    }
+
+    /// Asks `peer` for one message's worth of chosen slots after the prefix.
+    fn send_catch_up(&mut self, peer: NodeId) {
+        let first_slot = self.chosen_upto + 1;
+        let last_slot = first_slot + self.config.message_slots_max as u64 - 1;
+        self.send(
+            peer,
+            Message::CatchUp {
+                first_slot,
+                last_slot,
+            },
+        );
     }
 
     /// Records that `value` is chosen in `slot`, learned from a peer rather

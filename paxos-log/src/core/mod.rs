@@ -446,8 +446,19 @@ impl Replica {
             Role::Leader => self.tick_leader(),
             Role::Candidate if !self.is_voter() => self.step_down(None),
             // Only members campaign: a replica being added, or one
-            // removed, never disrupts the group with ballots.
-            Role::Follower if !self.is_voter() => self.election_elapsed_ticks = 0,
+            // removed, never disrupts the group with ballots. Instead, when
+            // it hears no leader, it pulls the chosen log from the members
+            // it knows: a replica about to be added catches up early, and
+            // the members of a new configuration learn the change that made
+            // them voters even if the outgoing leader stopped before
+            // telling them.
+            Role::Follower if !self.is_voter() => {
+                self.election_elapsed_ticks += 1;
+                if self.election_elapsed_ticks >= self.election_timeout_ticks {
+                    self.reset_election_timer();
+                    self.pull_catch_up();
+                }
+            }
             Role::Follower | Role::Candidate => {
                 self.election_elapsed_ticks += 1;
                 if self.election_elapsed_ticks >= self.election_timeout_ticks {
@@ -533,7 +544,18 @@ impl Replica {
         if self.pending_reads.len() >= self.config.pending_commands_max {
             return Err(ProposeError::Busy);
         }
-        let slot = self.chosen_upto.max(self.recovered_upto);
+        // Slots known chosen above a gap count too: this leader may have
+        // served them to a peer's catch-up, which may have applied them.
+        let chosen_above_gap = self
+            .log
+            .range(self.chosen_upto + 1..)
+            .rev()
+            .find(|(_, state)| matches!(state, SlotState::Chosen { .. }))
+            .map_or(0, |(&slot, _)| slot);
+        let slot = self
+            .chosen_upto
+            .max(self.recovered_upto)
+            .max(chosen_above_gap);
         self.pending_reads.push(PendingRead {
             read_id,
             slot,
@@ -644,7 +666,7 @@ impl Replica {
                 first_slot,
                 last_slot,
             } => self.on_catch_up(from, first_slot, last_slot),
-            Message::Chosen { entries } => self.on_chosen(entries),
+            Message::Chosen { entries } => self.on_chosen(from, entries),
             // Snapshot transfer is the driver's business.
             Message::Snapshot { .. } => {}
         }

@@ -5,11 +5,20 @@
 //! returning an [`InvariantError`] when it breaks. The simulator calls them
 //! after every `Ready` and every tick; the checker-proof test feeds them
 //! broken histories directly.
+//!
+//! With membership changes the checker also knows the group's true
+//! configurations ([`Checker::for_group`]): the genesis members, then each
+//! chosen `Reconfigure` in slot `r` governing from `r + α` on, built from the
+//! global chosen log as its contiguous prefix grows. Every replica's own
+//! account of the configurations of the slots it may vote on next is
+//! checked against it ([`Checker::check_configuration`]), because a replica
+//! that counts a quorum among the wrong members can choose two values in
+//! one slot long before two values are ever reported.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use paxos_log::{Entry, NodeId, Slot, Value};
+use paxos_log::{Entry, Membership, NodeId, Slot, Value};
 
 use super::command_id;
 use super::trace::short_value;
@@ -25,6 +34,9 @@ pub enum Invariant {
     Contiguity,
     /// A value once chosen lost or changed on a replica.
     Durability,
+    /// A replica whose configuration of a slot it may vote on or propose
+    /// next differs from the one the chosen log decides.
+    Configuration,
     /// A read that would miss a write reported chosen before it started.
     ReadLinearizability,
     /// A state machine (applied, restored from its own snapshot after a
@@ -47,6 +59,7 @@ impl fmt::Display for Invariant {
             Invariant::Validity => "validity",
             Invariant::Contiguity => "contiguity (gap-free delivery)",
             Invariant::Durability => "durability",
+            Invariant::Configuration => "configuration agreement",
             Invariant::ReadLinearizability => "read linearizability",
             Invariant::StateMachine => "state machine = chosen prefix",
             Invariant::Compaction => "compaction covered by applied state and a durable snapshot",
@@ -89,6 +102,17 @@ struct ChosenRecord {
     tick: u64,
 }
 
+/// The group's true configurations, from the global chosen log.
+#[derive(Debug)]
+struct GroupView {
+    /// α (`Config::reconfig_window_slots`).
+    window_slots: u64,
+    /// Genesis, then every `Reconfigure` chosen in slots `1..=known_upto`.
+    membership: Membership,
+    /// Every slot up to here is reported chosen (and recorded above).
+    known_upto: Slot,
+}
+
 /// Global knowledge of a run that the invariants are checked against.
 #[derive(Debug, Default)]
 pub struct Checker {
@@ -98,19 +122,55 @@ pub struct Checker {
     command_slot: BTreeMap<u64, Slot>,
     /// Every command a replica took with `propose` returning `Ok`.
     proposed: BTreeSet<u64>,
+    /// Every member set a replica took with `reconfigure` returning `Ok`.
+    proposed_members: BTreeSet<Vec<NodeId>>,
+    /// The true configurations; `None` for a checker fed histories by
+    /// hand, which then checks no configuration.
+    group: Option<GroupView>,
     /// Highest slot handed out in any `Ready::chosen`.
     max_emitted: Slot,
 }
 
 impl Checker {
-    /// A checker that has seen nothing.
+    /// A checker that has seen nothing and checks no configuration.
     pub fn new() -> Checker {
         Checker::default()
+    }
+
+    /// A checker for a group whose genesis configuration is `genesis` and
+    /// whose α is `window_slots`: it also knows the true configurations.
+    pub fn for_group(genesis: &[NodeId], window_slots: u64) -> Checker {
+        Checker {
+            group: Some(GroupView {
+                window_slots,
+                membership: Membership::genesis(genesis),
+                known_upto: 0,
+            }),
+            ..Checker::default()
+        }
     }
 
     /// Records that a replica took command `id` (`propose` returned `Ok`).
     pub fn record_proposed(&mut self, id: u64) {
         self.proposed.insert(id);
+    }
+
+    /// Records that a replica took a change to `members` (`reconfigure`
+    /// returned `Ok`).
+    pub fn record_proposed_members(&mut self, members: &[NodeId]) {
+        self.proposed_members.insert(members.to_vec());
+    }
+
+    /// The true configurations as far as the chosen log is known without a
+    /// gap (`None` for a checker built with [`Checker::new`]).
+    pub fn true_membership(&self) -> Option<&Membership> {
+        self.group.as_ref().map(|g| &g.membership)
+    }
+
+    /// The newest true configuration: once every change chosen so far is in
+    /// force, these are the members (`None` for [`Checker::new`]).
+    pub fn latest_members(&self) -> Option<&[NodeId]> {
+        self.true_membership().map(|m| m.latest().1)
     }
 
     /// Highest slot any replica handed out as chosen so far: what a read
@@ -196,7 +256,25 @@ impl Checker {
                 tick,
             },
         );
+        self.extend_group_view();
         Ok(())
+    }
+
+    /// Moves the true configurations over every newly contiguous chosen
+    /// slot, recording the changes it passes, in slot order (as a replica
+    /// does).
+    fn extend_group_view(&mut self) {
+        let Some(group) = self.group.as_mut() else {
+            return;
+        };
+        while let Some(record) = self.chosen.get(&(group.known_upto + 1)) {
+            group.known_upto += 1;
+            if let Value::Reconfigure(members) = &record.value {
+                group
+                    .membership
+                    .record(group.known_upto, members, group.window_slots);
+            }
+        }
     }
 
     /// **Agreement**: no two replicas (nor one replica in two incarnations)
@@ -224,18 +302,26 @@ impl Checker {
         }
     }
 
-    /// **Validity**: a value newly reported chosen is a no-op, or a
-    /// non-empty batch of distinct commands that clients proposed and that
-    /// no other slot holds (a command is chosen at most once in the log).
+    /// **Validity**: a value newly reported chosen is a no-op, a
+    /// membership change to a member set some leader took, or a non-empty
+    /// batch of distinct commands that clients proposed and that no other
+    /// slot holds (a command is chosen at most once in the log).
     pub fn check_validity(&self, slot: Slot, value: &Value) -> Result<(), InvariantError> {
-        let Value::Commands(commands) = value else {
-            return Ok(());
-        };
         let invalid = |why: String| {
             Err(InvariantError::new(
                 Invariant::Validity,
                 format!("slot {slot} chosen as {}: {why}", short_value(value)),
             ))
+        };
+        let commands = match value {
+            Value::Noop => return Ok(()),
+            Value::Reconfigure(members) if self.proposed_members.contains(members) => {
+                return Ok(());
+            }
+            Value::Reconfigure(_) => {
+                return invalid("no leader ever took a change to that member set".to_string());
+            }
+            Value::Commands(commands) => commands,
         };
         if commands.is_empty() {
             return invalid("an empty batch".to_string());
@@ -353,6 +439,80 @@ impl Checker {
         Ok(())
     }
 
+    /// **Durability at the end, for a replica outside the group**: a
+    /// machine that is no member of the latest configuration stops hearing
+    /// from the leader and may stay behind, but every slot up to `upto` it
+    /// holds as chosen (`value_of`) holds the value reported chosen there.
+    pub fn check_nothing_wrong<'a>(
+        &self,
+        node: NodeId,
+        upto: Slot,
+        value_of: impl Fn(Slot) -> Option<&'a Value>,
+    ) -> Result<(), InvariantError> {
+        for (slot, record) in self.chosen.range(..=upto) {
+            match value_of(*slot) {
+                Some(value) if *value != record.value => {
+                    return Err(InvariantError::new(
+                        Invariant::Durability,
+                        format!(
+                            "slot {slot} was reported chosen as {} by {} at tick {}, but after \
+                             recovery {node} (outside the latest configuration) holds {}",
+                            short_value(&record.value),
+                            record.by,
+                            record.tick,
+                            short_value(value)
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// **Configuration agreement**: `node`, which knows every slot up to
+    /// `chosen_upto` chosen, holds in `membership` (its
+    /// `Replica::membership`) the true configuration of every slot of its
+    /// window `chosen_upto + 1 ..= chosen_upto + α`: the slots it may
+    /// propose, vote on and count quorums for next. Those configurations
+    /// depend only on the changes chosen up to `chosen_upto`, so the chosen
+    /// log decides them. The checker must know the chosen log that far (the
+    /// simulation checks after the replica's prefix was reported).
+    pub fn check_configuration(
+        &self,
+        node: NodeId,
+        chosen_upto: Slot,
+        membership: &Membership,
+    ) -> Result<(), InvariantError> {
+        let Some(group) = self.group.as_ref() else {
+            return Ok(());
+        };
+        let broken = |detail: String| Err(InvariantError::new(Invariant::Configuration, detail));
+        if chosen_upto > group.known_upto {
+            return broken(format!(
+                "{node} knows slots up to {chosen_upto} chosen, but only slots up to {} were \
+                 ever reported chosen: its configurations cannot be checked",
+                group.known_upto
+            ));
+        }
+        for slot in chosen_upto + 1..=chosen_upto + group.window_slots {
+            let truth = group.membership.members_at(slot);
+            let held = membership.members_at(slot);
+            if held != truth {
+                return broken(format!(
+                    "{node} (chosen up to {chosen_upto}, α {}) says slot {slot} is governed by \
+                     {}, but the chosen log says {} (its membership: {}; the true one: {})",
+                    group.window_slots,
+                    members_text(held),
+                    members_text(truth),
+                    membership_text(membership),
+                    membership_text(&group.membership),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// **State machine**: the state machine (or snapshot) `what` of `node`,
     /// which claims slots `1..=upto` applied, holds for each the value
     /// reported chosen; `value_of` gives its values. Every slot any state
@@ -453,8 +613,8 @@ impl Checker {
 
     /// **Liveness**: `ticks_since_heal` ticks after the faults stopped, the
     /// cluster must have elected a leader and chosen a fresh proposal on
-    /// every replica (`recovered`); `state` describes the replicas for the
-    /// report.
+    /// every replica that must apply it (every member of the latest
+    /// configuration) (`recovered`); `state` says which for the report.
     pub fn check_liveness(
         recovered: bool,
         ticks_since_heal: u64,
@@ -468,9 +628,24 @@ impl Checker {
             Invariant::Liveness,
             format!(
                 "{ticks_since_heal} ticks after the faults stopped, no fresh proposal is \
-                 chosen and applied on every replica; {}",
+                 chosen and applied where it must be; {}",
                 state()
             ),
         ))
     }
+}
+
+/// `{n1,n2,n3}`.
+pub(crate) fn members_text(members: &[NodeId]) -> String {
+    let names: Vec<String> = members.iter().map(ToString::to_string).collect();
+    format!("{{{}}}", names.join(","))
+}
+
+/// `1:{n1,n2,n3} 40:{n1,n2,n4}`: each configuration from its first slot.
+pub(crate) fn membership_text(membership: &Membership) -> String {
+    membership
+        .iter()
+        .map(|(slot, members)| format!("{slot}:{}", members_text(members)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

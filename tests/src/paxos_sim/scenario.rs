@@ -20,6 +20,12 @@ pub enum Corruption {
     /// it delivers (into a command no client proposed), so the receiver
     /// installs a state machine that differs from the chosen log.
     CorruptSnapshots,
+    /// The driver restores and installs snapshots without the membership
+    /// saved with them (it hands the core the genesis configuration, as a
+    /// driver would that dropped `Replica::membership_for_snapshot`), so a
+    /// replica restored from a snapshot that covers a membership change
+    /// counts its quorums among the wrong members.
+    ForgetSnapshotMembership,
 }
 
 /// The fault rates, client load and core settings of one simulation run.
@@ -27,13 +33,20 @@ pub enum Corruption {
 /// Probabilities are per tick unless said otherwise. Every fault stops after
 /// `fault_ticks`: the network heals, every replica restarts, and from then
 /// on the cluster must elect a leader and choose a fresh proposal on every
-/// replica within `liveness_ticks`.
+/// replica within `liveness_ticks` (with membership changes: on every
+/// member of the latest configuration).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
     /// Name, used in reports and to vary schedules between scenarios.
     pub name: &'static str,
-    /// Number of replicas (3 or 5).
+    /// Number of replicas in the genesis configuration (3 or 5): machines
+    /// `n1..=n<replicas>`, the `Config::members` of every machine.
     pub replicas: u64,
+    /// Extra machines, numbered after the genesis ones, that run from the
+    /// start as non-voters (their `Config::members` is the genesis set, as
+    /// for a replica added later) until a membership change adds them.
+    /// Every machine takes part in the faults.
+    pub spares: u64,
     /// Ticks during which faults are injected.
     pub fault_ticks: u64,
     /// Bound, in ticks after the faults stop, for the liveness check.
@@ -149,6 +162,18 @@ pub struct Scenario {
     /// Per tick: a client starts a linearizable read (`read_index`).
     pub read_rate: f64,
 
+    // --- membership changes ---
+    /// Per tick while the faults last: ask the replica that believes it
+    /// leads to `reconfigure` to a new member set, drawn from its newest
+    /// configuration: one machine added, one member removed, or one member
+    /// replaced by a non-member. Sizes stay mostly within 3..=5 members.
+    pub reconfig_rate: f64,
+    /// Per change a leader took: crash the machine being added or removed
+    /// (for a replacement, one of the two), now or a few ticks later, so
+    /// the change happens while it is down and it must catch up (from the
+    /// log or a snapshot) after its restart.
+    pub crash_changing_node_rate: f64,
+
     // --- core settings ---
     /// `Config::election_timeout_ticks_min`.
     pub election_timeout_ticks_min: u32,
@@ -183,6 +208,7 @@ impl Scenario {
         Scenario {
             name,
             replicas,
+            spares: 0,
             fault_ticks: 500,
             liveness_ticks: 1_000,
             drop_rate: 0.0,
@@ -216,6 +242,8 @@ impl Scenario {
             propose_burst_max: 4,
             misdirect_rate: 0.1,
             read_rate: 0.05,
+            reconfig_rate: 0.0,
+            crash_changing_node_rate: 0.0,
             election_timeout_ticks_min: 10,
             election_timeout_ticks_max: 20,
             heartbeat_interval_ticks: 2,
@@ -493,6 +521,91 @@ impl Scenario {
             long_outage_ticks: (60, 200),
             long_outage_isolate_fraction: 0.5,
             ..Scenario::mixed_faults()
+        }
+    }
+
+    /// Three genesis replicas and two spare machines, with frequent
+    /// membership changes (adds, removes, replacements, of the leader too)
+    /// on a lossy network with partitions, crashes (often of the machine
+    /// being added or removed) and reads.
+    pub fn membership_changes() -> Scenario {
+        Scenario {
+            spares: 2,
+            drop_rate: 0.05,
+            duplicate_rate: 0.03,
+            delay_max_ticks: 4,
+            reorder_rate: 0.05,
+            reorder_delay_max_ticks: 20,
+            partition_rate: 0.02,
+            one_way_fraction: 0.4,
+            link_cut_fraction: 0.3,
+            heal_rate: 0.05,
+            disk_delay_max_ticks: 2,
+            crash_rate: 0.006,
+            crash_in_ready_rate: 0.002,
+            crash_in_election_rate: 0.03,
+            down_ticks_max: 30,
+            quick_restart_fraction: 0.3,
+            state_machine_lost_rate: 0.2,
+            state_machine_partial_rate: 0.3,
+            read_rate: 0.2,
+            reconfig_rate: 0.05,
+            crash_changing_node_rate: 0.3,
+            ..Scenario::quiet("membership_changes", 3)
+        }
+    }
+
+    /// Five genesis replicas and two spares, every fault, membership
+    /// changes, and core settings (α among them) drawn per run.
+    pub fn membership_five_replicas_mixed() -> Scenario {
+        Scenario {
+            spares: 2,
+            reconfig_rate: 0.05,
+            crash_changing_node_rate: 0.3,
+            ..Scenario {
+                name: "membership_five_replicas_mixed",
+                ..Scenario::five_replicas_mixed_faults()
+            }
+        }
+    }
+
+    /// No fault at all: a group of one replica and one spare machine, and
+    /// membership changes (the spare added, the member replaced by the
+    /// spare, and back). The smallest case of a handover: when the only
+    /// member is replaced, the group's next leader must be the machine that
+    /// replaced it.
+    pub fn membership_one_member_handover() -> Scenario {
+        Scenario {
+            spares: 1,
+            reconfig_rate: 0.05,
+            ..Scenario::quiet("membership_one_member_handover", 1)
+        }
+    }
+
+    /// Membership changes with snapshots, compaction and long outages: a
+    /// machine added after the others compacted (a spare, or one down for
+    /// long) can only catch up by installing a snapshot, which must carry
+    /// the membership the compacted prefix decided.
+    pub fn membership_with_compaction() -> Scenario {
+        Scenario {
+            name: "membership_with_compaction",
+            spares: 2,
+            reconfig_rate: 0.04,
+            crash_changing_node_rate: 0.3,
+            ..Scenario::compaction_and_snapshots()
+        }
+    }
+
+    /// The long soak's mixture with snapshots and compaction
+    /// ([`Scenario::compaction_mixed_faults`]), two spares and membership
+    /// changes.
+    pub fn membership_mixed_faults() -> Scenario {
+        Scenario {
+            name: "membership_mixed_faults",
+            spares: 2,
+            reconfig_rate: 0.04,
+            crash_changing_node_rate: 0.3,
+            ..Scenario::compaction_mixed_faults()
         }
     }
 }

@@ -16,7 +16,14 @@
 //! `Ready` lists in `snapshot_requests`; and a replica that receives one
 //! beyond what it applied restores its state machine from it, saves it,
 //! calls `install_snapshot` and compacts its store (`snapshots.rs`).
+//!
+//! The machines are the genesis replicas and, with
+//! [`Scenario::spares`], spare machines that run from the start outside the
+//! group. With [`Scenario::reconfig_rate`] the leader is asked to change
+//! the membership while the faults last, and the machine being added or
+//! removed is sometimes crashed around it (`membership.rs`).
 
+mod membership;
 mod snapshots;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,11 +31,11 @@ use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 
 use paxos_log::{
-    AcceptorStore, Ballot, Config, Entry, Envelope, MemAcceptorStore, Message, NodeId, PersistOp,
-    ProposeError, ReadReady, Replica, Role, Slot, Value,
+    AcceptorStore, Ballot, Config, Entry, Envelope, MemAcceptorStore, Membership, Message, NodeId,
+    PersistOp, ProposeError, ReadReady, Replica, Role, Slot, Value,
 };
 
-use super::invariants::{Checker, Invariant, InvariantError};
+use super::invariants::{members_text, membership_text, Checker, Invariant, InvariantError};
 use super::network::{Event, EventQueue, Links};
 use super::rng::{hash_name, mix, SimRng};
 use super::scenario::{Corruption, Scenario};
@@ -145,6 +152,41 @@ pub struct RunStats {
     pub behind_compaction_at_heal: u64,
     /// Snapshots installed after the faults stopped (during recovery).
     pub snapshots_installed_in_recovery: u64,
+
+    // --- membership changes ---
+    /// `reconfigure` calls made.
+    pub reconfigs_asked: u64,
+    /// Of those: taken (`Ok`), each one change proposed.
+    pub reconfigs_taken: u64,
+    /// Of those: refused with `NotLeader`.
+    pub reconfigs_not_leader: u64,
+    /// Of those: refused with `Reconfiguring` (another change under way).
+    pub reconfigs_refused_in_progress: u64,
+    /// Of those: refused with `InvalidMembership` (never, for the valid
+    /// sets the simulation draws) or `Busy`.
+    pub reconfigs_refused_other: u64,
+    /// Changes due while no machine was running to ask.
+    pub reconfigs_nobody_to_ask: u64,
+    /// Changes taken that add one machine.
+    pub adds: u64,
+    /// Changes taken that remove one member.
+    pub removes: u64,
+    /// Changes taken that replace one member with a non-member.
+    pub replaces: u64,
+    /// Changes taken that removed the leader that took them.
+    pub leader_removals: u64,
+    /// `Reconfigure` values chosen.
+    pub reconfigs_chosen: u64,
+    /// Of those: in force (a slot they govern was chosen).
+    pub reconfigs_in_force: u64,
+    /// Machines being added or removed that were crashed around the change.
+    pub changing_node_crashes: u64,
+    /// Snapshots installed by a machine that had been added to the group
+    /// since the slot it had applied (it caught up through the snapshot).
+    pub snapshots_installed_by_added: u64,
+    /// Machines outside the latest configuration at the end that had not
+    /// applied the fresh command (exempt from liveness: nobody leads them).
+    pub removed_left_behind: u64,
 }
 
 impl RunStats {
@@ -162,6 +204,7 @@ impl RunStats {
             + self.crash_all
             + self.crashes_in_snapshot
             + self.long_outages
+            + self.changing_node_crashes
     }
 
     /// Adds `other` to these totals (`heal_ticks` keeps the maximum).
@@ -212,6 +255,21 @@ impl RunStats {
         self.snapshots_installed_not_follower += other.snapshots_installed_not_follower;
         self.behind_compaction_at_heal += other.behind_compaction_at_heal;
         self.snapshots_installed_in_recovery += other.snapshots_installed_in_recovery;
+        self.reconfigs_asked += other.reconfigs_asked;
+        self.reconfigs_taken += other.reconfigs_taken;
+        self.reconfigs_not_leader += other.reconfigs_not_leader;
+        self.reconfigs_refused_in_progress += other.reconfigs_refused_in_progress;
+        self.reconfigs_refused_other += other.reconfigs_refused_other;
+        self.reconfigs_nobody_to_ask += other.reconfigs_nobody_to_ask;
+        self.adds += other.adds;
+        self.removes += other.removes;
+        self.replaces += other.replaces;
+        self.leader_removals += other.leader_removals;
+        self.reconfigs_chosen += other.reconfigs_chosen;
+        self.reconfigs_in_force += other.reconfigs_in_force;
+        self.changing_node_crashes += other.changing_node_crashes;
+        self.snapshots_installed_by_added += other.snapshots_installed_by_added;
+        self.removed_left_behind += other.removed_left_behind;
     }
 }
 
@@ -281,6 +339,31 @@ impl fmt::Display for RunStats {
                 self.snapshots_installed_not_follower,
                 self.behind_compaction_at_heal,
                 self.snapshots_installed_in_recovery,
+            )?;
+        }
+        if self.reconfigs_asked > 0 {
+            write!(
+                f,
+                "; membership changes: {} asked, {} taken ({} adds, {} removes, {} replaces; \
+                 {} removed the leader itself), {} refused as not leader, {} while another \
+                 was under way, {} otherwise, {} due with nobody to ask; {} chosen, {} in \
+                 force; {} crashes of a machine being added or removed; {} snapshots installed \
+                 by added machines; {} removed machines left behind at the end",
+                self.reconfigs_asked,
+                self.reconfigs_taken,
+                self.adds,
+                self.removes,
+                self.replaces,
+                self.leader_removals,
+                self.reconfigs_not_leader,
+                self.reconfigs_refused_in_progress,
+                self.reconfigs_refused_other,
+                self.reconfigs_nobody_to_ask,
+                self.reconfigs_chosen,
+                self.reconfigs_in_force,
+                self.changing_node_crashes,
+                self.snapshots_installed_by_added,
+                self.removed_left_behind,
             )?;
         }
         if self.snapshots_corrupted > 0 {
@@ -522,8 +605,8 @@ struct StartedRead {
 #[derive(Debug)]
 struct Heal {
     started: u64,
-    /// Highest slot reported chosen when the faults stopped: every replica
-    /// must apply at least this far.
+    /// Highest slot reported chosen when the faults stopped: every member
+    /// of the latest configuration must apply at least this far.
     target: Slot,
     /// Fresh commands proposed since.
     fresh: Vec<u64>,
@@ -536,7 +619,10 @@ struct Heal {
 struct Sim {
     scenario: Scenario,
     now: u64,
-    members: Vec<NodeId>,
+    /// Every machine: the genesis members, then the spares.
+    machines: Vec<NodeId>,
+    /// The genesis configuration (`Config::members` of every machine).
+    genesis: Vec<NodeId>,
     nodes: BTreeMap<NodeId, Node>,
     config_seed: u64,
     net_rng: SimRng,
@@ -548,6 +634,12 @@ struct Sim {
     snap_rng: SimRng,
     /// K: a snapshot every this many applied slots (0: never).
     snapshot_every: u64,
+    /// Membership changes and the crashes around them (forked after
+    /// `snap_rng`, so that a scenario without changes replays exactly as
+    /// before they existed).
+    member_rng: SimRng,
+    /// Crashes of machines being added or removed, due at a tick.
+    changing_crashes: Vec<(u64, NodeId)>,
     queue: EventQueue,
     links: Links,
     faults_active: bool,
@@ -569,8 +661,11 @@ impl Sim {
         if scenario.vary_core_settings {
             draw_core_settings(&mut scenario, &mut root.fork());
         }
-        let members: Vec<NodeId> = (1..=scenario.replicas).map(NodeId).collect();
-        let nodes = members
+        let genesis: Vec<NodeId> = (1..=scenario.replicas).map(NodeId).collect();
+        let machines: Vec<NodeId> = (1..=scenario.replicas + scenario.spares)
+            .map(NodeId)
+            .collect();
+        let nodes = machines
             .iter()
             .map(|&id| {
                 (
@@ -604,13 +699,16 @@ impl Sim {
         let snapshot_every = scenario.snapshot_every.map_or(0, |(low, high)| {
             snap_rng.between(low.max(1), high.max(low.max(1)))
         });
+        let member_rng = root.fork();
         let mut nodes: BTreeMap<NodeId, Node> = nodes;
         for node in nodes.values_mut() {
             node.snapshot_due = snapshot_every;
         }
+        let checker = Checker::for_group(&genesis, scenario.reconfig_window_slots);
         Sim {
             now: 0,
-            members,
+            machines,
+            genesis,
             nodes,
             config_seed,
             net_rng,
@@ -619,10 +717,12 @@ impl Sim {
             disk_rng,
             snap_rng,
             snapshot_every,
+            member_rng,
+            changing_crashes: Vec::new(),
             queue: EventQueue::default(),
             links: Links::default(),
             faults_active: true,
-            checker: Checker::new(),
+            checker,
             trace: Trace::new(trace_len),
             stats: RunStats::default(),
             next_command: 1,
@@ -637,7 +737,7 @@ impl Sim {
     /// Faults for `fault_ticks`, then recovery until the liveness check
     /// passes (or fails), then the final durability check.
     fn run_to_end(&mut self) -> Step {
-        for id in self.members.clone() {
+        for id in self.machines.clone() {
             self.start_replica(id)?;
         }
         self.trace.push(0, TraceEvent::Phase("faults start"));
@@ -666,6 +766,16 @@ impl Sim {
             .filter(|(_, v)| **v == Value::Noop)
             .count() as u64;
         stats.leaders = self.leader_ballots.len() as u64;
+        let max_chosen = self.checker.max_chosen();
+        let window = self.scenario.reconfig_window_slots;
+        for (slot, value) in self.checker.chosen_entries() {
+            if matches!(value, Value::Reconfigure(_)) {
+                stats.reconfigs_chosen += 1;
+                if slot + window <= max_chosen {
+                    stats.reconfigs_in_force += 1;
+                }
+            }
+        }
         stats
     }
 
@@ -675,19 +785,21 @@ impl Sim {
         self.now += 1;
         if self.faults_active {
             self.inject_faults();
+            self.due_changing_crashes();
         }
-        for id in self.members.clone() {
+        for id in self.machines.clone() {
             let node = &self.nodes[&id];
             if node.replica.is_none() && node.down_until <= self.now {
                 self.restart(id)?;
             }
         }
         self.client_calls()?;
+        self.reconfig_calls()?;
         // Tick the replicas starting from a random one.
-        let start = self.fault_rng.index(self.members.len());
-        let order: Vec<NodeId> = self.members[start..]
+        let start = self.fault_rng.index(self.machines.len());
+        let order: Vec<NodeId> = self.machines[start..]
             .iter()
-            .chain(&self.members[..start])
+            .chain(&self.machines[..start])
             .copied()
             .collect();
         for id in order {
@@ -732,22 +844,17 @@ impl Sim {
         } else if self.fault_rng.chance(scenario.partition_rate) {
             let description = if self.fault_rng.chance(scenario.link_cut_fraction) {
                 self.stats.link_cuts += 1;
-                self.links.cut_link(&self.members, &mut self.fault_rng)
+                self.links.cut_link(&self.machines, &mut self.fault_rng)
             } else if self.fault_rng.chance(scenario.one_way_fraction) {
                 self.stats.one_way_partitions += 1;
-                self.links.split(&self.members, true, &mut self.fault_rng)
+                self.links.split(&self.machines, true, &mut self.fault_rng)
             } else {
                 self.stats.partitions += 1;
-                self.links.split(&self.members, false, &mut self.fault_rng)
+                self.links.split(&self.machines, false, &mut self.fault_rng)
             };
             self.trace.push(self.now, TraceEvent::Network(description));
         }
-        let up: Vec<NodeId> = self
-            .members
-            .iter()
-            .copied()
-            .filter(|id| self.nodes[id].replica.is_some())
-            .collect();
+        let up = self.running();
         if up.is_empty() {
             return;
         }
@@ -763,12 +870,23 @@ impl Sim {
         }
     }
 
+    /// The machines running now, in id order.
+    fn running(&self) -> Vec<NodeId> {
+        self.machines
+            .iter()
+            .copied()
+            .filter(|id| self.nodes[id].replica.is_some())
+            .collect()
+    }
+
     // ----- replicas: start, crash, restart -----
 
     fn start_replica(&mut self, id: NodeId) -> Step {
         let scenario = &self.scenario;
         let node = self.nodes.get_mut(&id).expect("member");
-        let mut config = Config::new(id, self.members.clone());
+        // Every machine, spares included, has the genesis configuration:
+        // later ones come from the log and from snapshots.
+        let mut config = Config::new(id, self.genesis.clone());
         config.rng_seed = mix(self.config_seed ^ mix(id.0) ^ mix(node.incarnation << 8));
         config.election_timeout_ticks_min = scenario.election_timeout_ticks_min;
         config.election_timeout_ticks_max = scenario.election_timeout_ticks_max;
@@ -803,9 +921,14 @@ impl Sim {
         )?;
         // As the real driver: the snapshot's membership knows the changes
         // chosen in the slots it replaced.
+        let forget = scenario.corruption == Some(Corruption::ForgetSnapshotMembership);
         let membership = (snapshot_slot > 0).then(|| {
-            node.snapshot
-                .membership(&config.members, config.reconfig_window_slots)
+            if forget {
+                Membership::genesis(&config.members)
+            } else {
+                node.snapshot
+                    .membership(&config.members, config.reconfig_window_slots)
+            }
         });
         let replica = Replica::recover(config, recovered, applied_upto, membership)
             .expect("the simulation's configuration is valid");
@@ -958,6 +1081,12 @@ impl Sim {
         node.emitted_upto = self
             .checker
             .on_emitted(id, now, node.emitted_upto, &ready.chosen)?;
+        // Everything up to `chosen_upto` is now reported (handed out now
+        // or before, or restored from a state machine or snapshot that was
+        // checked against the chosen log), so the checker knows the
+        // configurations of the replica's window.
+        self.checker
+            .check_configuration(id, replica.chosen_upto(), replica.membership())?;
         for read in &ready.reads {
             let Some(started) = self.reads.remove(&read.read_id) else {
                 return Err(InvariantError::new(
@@ -1339,12 +1468,7 @@ impl Sim {
     /// A replica for a client call: one that believes it leads (there may
     /// be several, some stale), or sometimes any running replica.
     fn pick_target(&mut self) -> Option<NodeId> {
-        let up: Vec<NodeId> = self
-            .members
-            .iter()
-            .copied()
-            .filter(|id| self.nodes[id].replica.is_some())
-            .collect();
+        let up = self.running();
         if up.is_empty() {
             return None;
         }
@@ -1497,6 +1621,8 @@ impl Sim {
                     })?;
                 node.checked_upto = upto;
             }
+            self.checker
+                .check_configuration(id, upto, replica.membership())?;
         }
         Ok(())
     }
@@ -1505,11 +1631,12 @@ impl Sim {
     fn begin_heal(&mut self) -> Step {
         self.faults_active = false;
         self.links.heal_all();
+        self.changing_crashes.clear();
         self.trace.push(
             self.now,
             TraceEvent::Phase("faults stop: network healed, every replica restarts"),
         );
-        for id in self.members.clone() {
+        for id in self.machines.clone() {
             if self.nodes[&id].replica.is_none() {
                 self.restart(id)?;
             }
@@ -1535,9 +1662,20 @@ impl Sim {
         Ok(())
     }
 
+    /// The members of the newest configuration the chosen log decided (the
+    /// genesis ones if it holds no change).
+    fn latest_members(&self) -> Vec<NodeId> {
+        self.checker
+            .latest_members()
+            .map_or_else(|| self.genesis.clone(), <[NodeId]>::to_vec)
+    }
+
     /// After the faults: proposes fresh commands to the leader until one is
-    /// chosen, and reports whether every replica applied it and everything
-    /// chosen before the faults stopped. Fails past the liveness bound.
+    /// chosen, and reports whether every member of the latest configuration
+    /// applied it and everything chosen before the faults stopped (a
+    /// machine removed from the group hears from no leader any more and may
+    /// stay behind; `final_checks` checks what it holds). Fails past the
+    /// liveness bound.
     fn liveness_step(&mut self) -> Result<bool, InvariantError> {
         let Some(heal) = self.heal.as_mut() else {
             return Ok(false);
@@ -1552,11 +1690,12 @@ impl Sim {
             .last_fresh_at
             .is_none_or(|at| self.now >= at + FRESH_RETRY_TICKS);
         if heal.fresh_slot.is_none() && retry {
-            let leader = self.members.iter().copied().find(|id| {
+            // A removed leader steps down on its next tick: not that one.
+            let leader = self.machines.iter().copied().find(|id| {
                 self.nodes[id]
                     .replica
                     .as_ref()
-                    .is_some_and(|r| r.role() == Role::Leader)
+                    .is_some_and(|r| r.role() == Role::Leader && r.is_voter())
             });
             if let Some(leader) = leader {
                 let id = self.next_command;
@@ -1570,11 +1709,13 @@ impl Sim {
             }
         }
         let heal = self.heal.as_ref().expect("healing");
+        let latest = self.latest_members();
         let recovered = heal.fresh_slot.is_some_and(|fresh| {
             let needed = fresh.max(heal.target);
-            self.nodes
-                .values()
-                .all(|n| n.replica.is_some() && n.sm.applied_upto() >= needed)
+            self.nodes.values().all(|n| n.replica.is_some())
+                && latest
+                    .iter()
+                    .all(|id| self.nodes[id].sm.applied_upto() >= needed)
         });
         Checker::check_liveness(
             recovered,
@@ -1582,29 +1723,47 @@ impl Sim {
             self.scenario.liveness_ticks,
             || {
                 format!(
-                    "fresh commands {:?} (chosen in slot {:?}), every replica must apply up to \
-                     slot {}",
-                    heal.fresh, heal.fresh_slot, heal.target
+                    "fresh commands {:?} (chosen in slot {:?}), every member of the latest \
+                     configuration {} must apply up to slot {}",
+                    heal.fresh,
+                    heal.fresh_slot,
+                    members_text(&latest),
+                    heal.target
                 )
             },
         )?;
+        if recovered {
+            let needed = heal.fresh_slot.unwrap_or(0).max(heal.target);
+            self.stats.removed_left_behind += self
+                .nodes
+                .iter()
+                .filter(|(id, n)| !latest.contains(id) && n.sm.applied_upto() < needed)
+                .count() as u64;
+        }
         Ok(recovered)
     }
 
     /// Every slot chosen before the faults stopped is held, unchanged, by
-    /// every replica (in its log, or below its compaction point in its
-    /// state machine), and every state machine and durable snapshot is the
-    /// chosen log prefix.
+    /// every member of the latest configuration (in its log, or below its
+    /// compaction point in its state machine), whatever a machine outside
+    /// it holds is the chosen value, and every state machine and durable
+    /// snapshot is the chosen log prefix.
     fn final_checks(&mut self) -> Step {
         let target = self.heal.as_ref().map_or(0, |h| h.target);
+        let latest = self.latest_members();
         for (&id, node) in &self.nodes {
             let replica = node
                 .replica
                 .as_ref()
                 .expect("every replica runs after healing");
             let sm = &node.sm;
-            self.checker
-                .check_nothing_lost(id, target, |slot| held_value(replica, sm, slot))?;
+            if latest.contains(&id) {
+                self.checker
+                    .check_nothing_lost(id, target, |slot| held_value(replica, sm, slot))?;
+            } else {
+                self.checker
+                    .check_nothing_wrong(id, target, |slot| held_value(replica, sm, slot))?;
+            }
             self.checker.check_state_machine(
                 id,
                 "state machine at the end",
@@ -1639,7 +1798,8 @@ impl Sim {
                 Some(r) => out.push_str(&format!(
                     "  {id}: {:?} ballot {} promised {} leader_hint {:?} chosen_upto {} \
                      applied {} emitted {} log_start {} snapshot {} pending {} inflight {} \
-                     ready_in_flight {}{} (incarnation {})\n",
+                     ready_in_flight {}{} (incarnation {}); voter {} reconfiguring {}, \
+                     membership {}\n",
                     r.role(),
                     r.ballot(),
                     r.promised(),
@@ -1657,9 +1817,18 @@ impl Sim {
                     } else {
                         ""
                     },
-                    node.incarnation
+                    node.incarnation,
+                    r.is_voter(),
+                    r.reconfiguring(),
+                    membership_text(r.membership()),
                 )),
             }
+        }
+        if let Some(membership) = self.checker.true_membership() {
+            out.push_str(&format!(
+                "  true configurations (chosen log): {}\n",
+                membership_text(membership)
+            ));
         }
         out.push_str(&format!(
             "  network: {} events queued, split: {}; highest slot chosen {} (handed out {})\n",

@@ -250,6 +250,12 @@ pub(crate) enum TraceEvent {
         first_slot: Slot,
         compacted_upto: Slot,
     },
+    Reconfigure {
+        node: NodeId,
+        kind: &'static str,
+        members: Vec<NodeId>,
+        outcome: &'static str,
+    },
     Network(String),
     Phase(&'static str),
 }
@@ -387,6 +393,16 @@ impl fmt::Display for TraceEvent {
                 f,
                 "{node} (candidate, ballot {ballot}) steps down: {from} promised with \
                  compacted_upto {compacted_upto} >= first_slot {first_slot}"
+            ),
+            TraceEvent::Reconfigure {
+                node,
+                kind,
+                members,
+                outcome,
+            } => write!(
+                f,
+                "RECONFIGURE at {node} ({kind}) to {}: {outcome}",
+                short_value(&Value::Reconfigure(members.clone()))
             ),
             TraceEvent::Network(what) => write!(f, "network: {what}"),
             TraceEvent::Phase(what) => write!(f, "=== {what}"),

@@ -14,7 +14,7 @@
 //! snapshots are taken at random moments, with a `Ready` in flight, and some
 //! compact only part of what the snapshot covers.
 
-use paxos_log::{AcceptorStore, NodeId, Role, Value};
+use paxos_log::{AcceptorStore, Membership, NodeId, Role, Value};
 
 use super::super::invariants::Checker;
 use super::super::network::Event;
@@ -31,7 +31,7 @@ impl Sim {
         if self.snapshot_every == 0 || self.scenario.snapshot_random_rate <= 0.0 {
             return Ok(());
         }
-        for id in self.members.clone() {
+        for id in self.machines.clone() {
             if self.nodes[&id].replica.is_some()
                 && self.snap_rng.chance(self.scenario.snapshot_random_rate)
             {
@@ -257,6 +257,16 @@ impl Sim {
         if !self.faults_active {
             self.stats.snapshots_installed_in_recovery += 1;
         }
+        // A machine the group took in after the slot it had applied (a
+        // spare, or one removed and added back) catching up this way: the
+        // snapshot's membership is all it knows of the changes before it.
+        if let Some(truth) = self.checker.true_membership() {
+            if truth.members_at(slot + 1).contains(&id)
+                && !truth.members_at(applied_before + 1).contains(&id)
+            {
+                self.stats.snapshots_installed_by_added += 1;
+            }
+        }
         let node = self.nodes.get_mut(&id).expect("member");
         if node
             .replica
@@ -265,9 +275,12 @@ impl Sim {
         {
             self.stats.snapshots_installed_not_follower += 1;
         }
-        let membership = node
-            .snapshot
-            .membership(&self.members, self.scenario.reconfig_window_slots);
+        let membership = if self.scenario.corruption == Some(Corruption::ForgetSnapshotMembership) {
+            Membership::genesis(&self.genesis)
+        } else {
+            node.snapshot
+                .membership(&self.genesis, self.scenario.reconfig_window_slots)
+        };
         if let Some(replica) = node.replica.as_mut() {
             replica.install_snapshot(slot, membership);
         }
@@ -289,23 +302,27 @@ impl Sim {
         self.pump(id)
     }
 
-    /// Per tick: with probability `long_outage_rate`, one running replica
-    /// (while fewer than a minority are away) goes away for a long stretch:
-    /// crashed, or cut off from everyone both ways.
+    /// Per tick: with probability `long_outage_rate`, one running machine
+    /// (while fewer than a minority of the size of the latest
+    /// configuration are away) goes away for a long stretch: crashed, or
+    /// cut off from everyone both ways. Any machine may go, members or not:
+    /// a spare away for long that is then added can only catch up through
+    /// a snapshot.
     pub(super) fn long_outage(&mut self) {
         if !self.fault_rng.chance(self.scenario.long_outage_rate) {
             return;
         }
         let away = self
-            .members
+            .machines
             .iter()
             .filter(|id| self.nodes[id].long_down || self.links.is_isolated(**id))
             .count();
-        if away >= (self.members.len() - 1) / 2 {
+        let group_size = self.checker.latest_members().map_or(0, <[NodeId]>::len);
+        if away >= group_size.saturating_sub(1) / 2 {
             return;
         }
         let candidates: Vec<NodeId> = self
-            .members
+            .machines
             .iter()
             .copied()
             .filter(|id| self.nodes[id].replica.is_some() && !self.links.is_isolated(*id))
