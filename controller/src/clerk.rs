@@ -51,6 +51,7 @@
 //! per-process counter.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,7 +60,6 @@ use std::time::Duration;
 use paxos_log::NetLimits;
 use tarpc::client::{self, NewClient, RpcError};
 use tarpc::context;
-use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::debug;
@@ -69,7 +69,7 @@ use crate::error::ControllerError;
 use crate::rpc::{ServiceError, ShardControllerClient};
 use crate::session::ClientId;
 use crate::wire::{ControllerOp, ControllerReply};
-use paxos_log::net::codec::{framed, WireCodec};
+use paxos_log::net::codec::connect_framed;
 
 /// How a clerk retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,11 +177,7 @@ async fn open(
     addr: SocketAddr,
     net: &NetLimits,
 ) -> io::Result<(ShardControllerClient, AbortHandle)> {
-    let stream = tokio::time::timeout(net.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    let _ = stream.set_nodelay(true);
-    let transport = framed(stream, net, WireCodec::client(net));
+    let transport = connect_framed(addr, net).await?;
     let NewClient { client, dispatch } =
         ShardControllerClient::new(client::Config::default(), transport);
     let task = tokio::spawn(async move {
@@ -268,11 +264,6 @@ impl ControllerClerk {
         self.options.client_id
     }
 
-    /// The seq the next change will carry.
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
     /// The replica that answered last, if any.
     pub fn leader(&self) -> Option<SocketAddr> {
         self.leader
@@ -310,39 +301,39 @@ impl ControllerClerk {
     /// Applies `op` at most once. Returns [`ControllerReply::Changed`] or
     /// [`ControllerReply::Split`]; a refusal is [`ClerkError::Refused`].
     pub async fn change(&mut self, op: ControllerOp) -> Result<ControllerReply, ClerkError> {
+        let client_id = self.options.client_id;
         let seq = self.next_seq;
         self.next_seq += 1;
-        let request = Request::Change {
-            client_id: self.options.client_id,
-            seq,
-            op,
+        let call = |client: ShardControllerClient, ctx| {
+            let op = op.clone();
+            async move { client.change(ctx, client_id, seq, op).await }
         };
-        match self.run(&request).await? {
-            Answer::Change(reply) => Ok(reply),
-            Answer::Query(config) => Err(ClerkError::Indeterminate(format!(
-                "a change was answered with configuration {}",
-                config.num
-            ))),
+        match self.run(Kind::Change, call).await? {
+            Definite {
+                answer: ControllerReply::Error(error),
+                may_have_applied,
+            } => Err(refusal(error, may_have_applied)),
+            Definite { answer, .. } => Ok(answer),
         }
     }
 
     /// Configuration `num`, or the latest if `num` is `None` or beyond it.
     /// Linearizable: it reflects every change acknowledged before the call.
     pub async fn query(&mut self, num: Option<ConfigNum>) -> Result<Configuration, ClerkError> {
-        match self.run(&Request::Query { num }).await? {
-            Answer::Query(config) => Ok(config),
-            Answer::Change(reply) => Err(ClerkError::Unavailable(format!(
-                "a query was answered with {reply:?}"
-            ))),
-        }
+        let call = |client: ShardControllerClient, ctx| async move { client.query(ctx, num).await };
+        Ok(self.run(Kind::Query, call).await?.answer)
     }
 
-    /// Runs `request` until a definite answer or the deadline.
-    async fn run(&mut self, request: &Request) -> Result<Answer, ClerkError> {
+    /// Runs `call` until a definite answer or the deadline. Every attempt
+    /// makes the same call, so a change keeps its `(client_id, seq)`.
+    async fn run<T, F, Fut>(&mut self, kind: Kind, call: F) -> Result<Definite<T>, ClerkError>
+    where
+        F: Fn(ShardControllerClient, context::Context) -> Fut,
+        Fut: Future<Output = Result<Result<T, ServiceError>, RpcError>>,
+    {
         if self.addrs.is_empty() {
             return Err(ClerkError::NoAddresses);
         }
-        let is_change = matches!(request, Request::Change { .. });
         let deadline = Instant::now() + self.options.deadline;
         let mut backoff = self.options.backoff_min;
         let mut may_have_applied = false;
@@ -355,16 +346,14 @@ impl ControllerClerk {
             }
             let target = self.target();
             let attempt = self
-                .attempt(request, target, remaining.min(self.options.rpc_timeout))
+                .attempt(kind, &call, target, remaining.min(self.options.rpc_timeout))
                 .await;
             let (definite, next, cause) = match attempt {
                 Attempt::Done(result) => {
-                    return match result {
-                        Ok(Answer::Change(ControllerReply::Error(error))) => {
-                            Err(refusal(error, may_have_applied))
-                        }
-                        other => other,
-                    };
+                    return result.map(|answer| Definite {
+                        answer,
+                        may_have_applied,
+                    });
                 }
                 Attempt::Retry {
                     definite,
@@ -405,7 +394,7 @@ impl ControllerClerk {
                     .max(self.options.backoff_min);
             }
         }
-        Err(if is_change && may_have_applied {
+        Err(if kind == Kind::Change && may_have_applied {
             ClerkError::Indeterminate(format!(
                 "no definite answer within {} ms; the change may have taken effect: {last_cause}",
                 self.options.deadline.as_millis()
@@ -455,12 +444,17 @@ impl ControllerClerk {
     }
 
     /// One RPC to `target`, classified.
-    async fn attempt(
+    async fn attempt<T, F, Fut>(
         &mut self,
-        request: &Request,
+        kind: Kind,
+        call: &F,
         target: SocketAddr,
         timeout: Duration,
-    ) -> Attempt<Answer> {
+    ) -> Attempt<T>
+    where
+        F: Fn(ShardControllerClient, context::Context) -> Fut,
+        Fut: Future<Output = Result<Result<T, ServiceError>, RpcError>>,
+    {
         let client = match tokio::time::timeout(timeout, self.connection(target)).await {
             Ok(Ok(client)) => client,
             // Nothing was sent.
@@ -471,19 +465,7 @@ impl ControllerClerk {
         ctx.deadline = std::time::Instant::now()
             .checked_add(timeout)
             .unwrap_or(ctx.deadline);
-        let call = async {
-            match request {
-                Request::Change { client_id, seq, op } => client
-                    .change(ctx, *client_id, *seq, op.clone())
-                    .await
-                    .map(|answer| answer.map(Answer::Change)),
-                Request::Query { num } => client
-                    .query(ctx, *num)
-                    .await
-                    .map(|answer| answer.map(Answer::Query)),
-            }
-        };
-        let answer = match tokio::time::timeout(timeout, call).await {
+        let answer = match tokio::time::timeout(timeout, call(client, ctx)).await {
             Ok(Ok(answer)) => answer,
             // The request may have reached the server (a reply lost with
             // the connection, or a slow leader): the outcome is unknown.
@@ -500,7 +482,7 @@ impl ControllerClerk {
         };
         match answer {
             Ok(answer) => {
-                if matches!(answer, Answer::Change(_)) && self.replies_to_lose > 0 {
+                if kind == Kind::Change && self.replies_to_lose > 0 {
                     self.replies_to_lose -= 1;
                     return Attempt::retry(false, Next::Same, target, "reply lost (test hook)");
                 }
@@ -525,24 +507,22 @@ impl ControllerClerk {
     }
 }
 
-/// What the clerk asks.
-#[derive(Debug)]
-enum Request {
-    Change {
-        client_id: ClientId,
-        seq: u64,
-        op: ControllerOp,
-    },
-    Query {
-        num: Option<ConfigNum>,
-    },
+/// What a call run by [`ControllerClerk::run`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A change: may take effect, so an unknown outcome is indeterminate.
+    Change,
+    /// A query: changes nothing, so it is retried freely.
+    Query,
 }
 
-/// What the controller answered.
+/// The controller's definite answer to a call.
 #[derive(Debug)]
-enum Answer {
-    Change(ControllerReply),
-    Query(Configuration),
+struct Definite<T> {
+    answer: T,
+    /// Whether an earlier attempt may have reached a leader (the answer
+    /// may then be to a copy applied before).
+    may_have_applied: bool,
 }
 
 impl<T> Attempt<T> {

@@ -88,10 +88,3 @@ pub enum ServiceError {
     #[error(transparent)]
     Controller(ControllerError),
 }
-
-impl ServiceError {
-    /// Whether the request certainly did not take effect.
-    pub fn is_definite(&self) -> bool {
-        !matches!(self, ServiceError::Indeterminate(_))
-    }
-}

@@ -46,13 +46,12 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use paxos_log::net::service::{ConnectionStats, TarpcServer};
 use paxos_log::net::{PeerListener, ServerHandle};
 use paxos_log::{
-    Config, DriverOptions, NetLimits, Node, NodeError, NodeHandle, NodeId, NodeMetrics, Role, Slot,
+    Config, DriverOptions, NetLimits, Node, NodeError, NodeHandle, NodeId, NodeMetrics, Slot,
     StartError, StateMachine, TarpcTransport, WalAcceptorStore,
 };
 use storage::snapshot::SnapshotStore;
@@ -253,12 +252,14 @@ impl StateMachine for SharedMachine {
 #[derive(Debug)]
 pub struct ControllerServer {
     node_id: NodeId,
-    addrs: MemberAddrs,
+    client_addr: SocketAddr,
     node: Option<Node<SharedMachine>>,
     handle: NodeHandle,
     machine: SharedMachine,
     peer_server: Option<ServerHandle>,
-    client_server: Option<ClientServer>,
+    /// The shared bounded tarpc server (see [`paxos_log::net::service`])
+    /// serving [`ClientService`] on the client address.
+    client_server: Option<TarpcServer>,
     transport: Option<Arc<TarpcTransport>>,
 }
 
@@ -330,7 +331,7 @@ impl ControllerServer {
             .map_err(|cause| ServerError::Task(cause.to_string()))??
         };
         let handle = node.handle();
-        let addrs = listeners.addrs();
+        let client_addr = listeners.client_addr;
         let peer_server = listeners.peer.start(handle.clone(), group_id);
         let service = ClientService {
             node: handle.clone(),
@@ -340,12 +341,18 @@ impl ControllerServer {
                     .map(|(id, addrs)| (*id, addrs.client))
                     .collect(),
             ),
-            counters: Arc::new(Counters::default()),
         };
-        let client_server = ClientServer::start(listeners.client, service, net);
+        let client_server = TarpcServer::spawn(
+            "controller admin",
+            listeners.client,
+            move |request: InFlightRequest<ShardControllerRequest, ShardControllerResponse>| {
+                request.execute(service.clone().serve())
+            },
+            net,
+        );
         Ok(ControllerServer {
             node_id,
-            addrs,
+            client_addr,
             node: Some(node),
             handle,
             machine,
@@ -360,19 +367,10 @@ impl ControllerServer {
         self.node_id
     }
 
-    /// The bound addresses (the real ports when bound to port 0).
-    pub fn addrs(&self) -> MemberAddrs {
-        self.addrs
-    }
-
-    /// The address admin clients call.
+    /// The address admin clients call (the real port when bound to
+    /// port 0).
     pub fn client_addr(&self) -> SocketAddr {
-        self.addrs.client
-    }
-
-    /// The address the other replicas send log messages to.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.addrs.peer
+        self.client_addr
     }
 
     /// The `paxos-log` node's latest metrics (role, applied slot,
@@ -381,21 +379,16 @@ impl ControllerServer {
         self.handle.metrics()
     }
 
-    /// Whether this replica currently believes it leads.
-    pub fn is_leader(&self) -> bool {
-        self.metrics().role == Some(Role::Leader)
-    }
-
     /// A handle to the `paxos-log` node, e.g. to wait for metrics.
     pub fn node_handle(&self) -> NodeHandle {
         self.handle.clone()
     }
 
-    /// What the client listener has done so far.
-    pub fn client_stats(&self) -> ClientServerStats {
+    /// What the client listener has done with connections so far.
+    pub fn client_stats(&self) -> ConnectionStats {
         self.client_server
             .as_ref()
-            .map(ClientServer::stats)
+            .map(TarpcServer::stats)
             .unwrap_or_default()
     }
 
@@ -437,40 +430,6 @@ impl ControllerServer {
     }
 }
 
-/// What a client listener has done so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ClientServerStats {
-    /// What the shared server did with connections.
-    pub connections: ConnectionStats,
-    /// `change` calls received.
-    pub changes: u64,
-    /// `query` calls received.
-    pub queries: u64,
-}
-
-/// The admin service's own counters; the connection counters live in the
-/// shared [`TarpcServer`].
-#[derive(Debug, Default)]
-struct Counters {
-    changes: AtomicU64,
-    queries: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-impl Counters {
-    fn snapshot(&self, connections: ConnectionStats) -> ClientServerStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        ClientServerStats {
-            connections,
-            changes: get(&self.changes),
-            queries: get(&self.queries),
-        }
-    }
-}
-
 /// The [`ShardController`] service of one replica, cloned per request.
 #[derive(Debug, Clone)]
 struct ClientService {
@@ -478,7 +437,6 @@ struct ClientService {
     /// Client address of every replica, to turn a leader hint (a node id)
     /// into an address a clerk can call.
     client_addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
-    counters: Arc<Counters>,
 }
 
 impl ClientService {
@@ -509,7 +467,6 @@ impl ShardController for ClientService {
         seq: u64,
         op: ControllerOp,
     ) -> Result<ControllerReply, ServiceError> {
-        bump(&self.counters.changes);
         let command = encode(&ControllerCommand::Change { client_id, seq, op });
         if command.len() > MAX_REQUEST_BYTES {
             // The state machine would refuse it after it was chosen; refuse
@@ -535,7 +492,6 @@ impl ShardController for ClientService {
         _: context::Context,
         num: Option<ConfigNum>,
     ) -> Result<Configuration, ServiceError> {
-        bump(&self.counters.queries);
         let answer = self
             .node
             .read(encode(&ControllerQuery::Config { num }))
@@ -548,37 +504,5 @@ impl ShardController for ClientService {
                 reason: format!("a query was answered with {other:?}"),
             })),
         }
-    }
-}
-
-/// The running client listener: the shared bounded tarpc server (see
-/// [`paxos_log::net::service`]) serving [`ClientService`].
-#[derive(Debug)]
-struct ClientServer {
-    server: TarpcServer,
-    counters: Arc<Counters>,
-}
-
-impl ClientServer {
-    fn start(listener: TcpListener, service: ClientService, limits: NetLimits) -> ClientServer {
-        let counters = Arc::clone(&service.counters);
-        let server = TarpcServer::spawn(
-            "controller admin",
-            listener,
-            move |request: InFlightRequest<ShardControllerRequest, ShardControllerResponse>| {
-                request.execute(service.clone().serve())
-            },
-            limits,
-        );
-        ClientServer { server, counters }
-    }
-
-    fn stats(&self) -> ClientServerStats {
-        self.counters.snapshot(self.server.stats())
-    }
-
-    /// Stops accepting, closes every connection, waits for every task.
-    async fn shutdown(self) {
-        self.server.shutdown().await;
     }
 }

@@ -37,8 +37,6 @@ pub const SNAPSHOT_VERSION: u8 = 1;
 pub struct ControllerStateMachine {
     controller: Controller,
     sessions: SessionTable,
-    /// The last slot applied (or restored), 0 before any.
-    applied_slot: Slot,
 }
 
 /// Snapshot body, borrowed for encoding.
@@ -63,7 +61,6 @@ impl ControllerStateMachine {
         Ok(ControllerStateMachine {
             controller: Controller::new(initial_shards)?,
             sessions: SessionTable::default(),
-            applied_slot: 0,
         })
     }
 
@@ -77,26 +74,16 @@ impl ControllerStateMachine {
         &self.sessions
     }
 
-    /// The last slot applied or restored.
-    pub fn applied_slot(&self) -> Slot {
-        self.applied_slot
-    }
-
     /// Applies a decoded command chosen in `slot`.
     pub fn apply_command(&mut self, slot: Slot, command: &ControllerCommand) -> ControllerReply {
-        self.applied_slot = slot;
-        match command {
-            ControllerCommand::Query(query) => self.query(query),
-            ControllerCommand::Change { client_id, seq, op } => {
-                match self.sessions.check(*client_id, *seq, slot) {
-                    SessionCheck::Duplicate(reply) => reply,
-                    SessionCheck::Stale(err) => ControllerReply::Error(err),
-                    SessionCheck::New => {
-                        let reply = self.controller.apply(op);
-                        self.sessions.record(*client_id, *seq, reply.clone(), slot);
-                        reply
-                    }
-                }
+        let ControllerCommand::Change { client_id, seq, op } = command;
+        match self.sessions.check(*client_id, *seq, slot) {
+            SessionCheck::Duplicate(reply) => reply,
+            SessionCheck::Stale(err) => ControllerReply::Error(err),
+            SessionCheck::New => {
+                let reply = self.controller.apply(op);
+                self.sessions.record(*client_id, *seq, reply.clone(), slot);
+                reply
             }
         }
     }
@@ -134,10 +121,7 @@ impl StateMachine for ControllerStateMachine {
     fn apply(&mut self, slot: Slot, command: &[u8]) -> Vec<u8> {
         let reply = match decode::<ControllerCommand>(command) {
             Ok(command) => self.apply_command(slot, &command),
-            Err(err) => {
-                self.applied_slot = slot;
-                ControllerReply::Error(err)
-            }
+            Err(err) => ControllerReply::Error(err),
         };
         encode(&reply)
     }
@@ -168,11 +152,10 @@ impl StateMachine for ControllerStateMachine {
         Some(bytes)
     }
 
-    fn restore(&mut self, slot: Slot, snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _slot: Slot, snapshot: &[u8]) -> Result<(), String> {
         let decoded = Self::decode_snapshot(snapshot)?;
         self.controller = decoded.controller;
         self.sessions = decoded.sessions;
-        self.applied_slot = slot;
         Ok(())
     }
 }

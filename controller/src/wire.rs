@@ -61,7 +61,8 @@ pub enum ControllerQuery {
     },
 }
 
-/// A command ordered through the log.
+/// A command ordered through the log. Reads are not commands: a
+/// [`ControllerQuery`] goes through the driver's read-index `read`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControllerCommand {
     /// A change, applied at most once per `(client_id, seq)` (see
@@ -74,9 +75,6 @@ pub enum ControllerCommand {
         /// The change.
         op: ControllerOp,
     },
-    /// A query ordered through the log, for drivers without read-index.
-    /// Queries change nothing and so need no session.
-    Query(ControllerQuery),
 }
 
 /// The answer to a command or query.

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{addresses, assert_balanced, counts, gids, moved, Admin};
+use common::{addresses, assert_balanced, gids, moved, Admin};
 use controller::{ControllerOp, ControllerReply};
 
 #[test]
@@ -28,7 +28,7 @@ fn basic_join_and_leave() {
     let config = admin.latest();
     assert_balanced(&config);
     assert_eq!(
-        counts(&config).values().copied().collect::<Vec<_>>(),
+        config.shard_counts().values().copied().collect::<Vec<_>>(),
         [5, 5]
     );
 
@@ -48,7 +48,7 @@ fn basic_join_and_leave() {
     let config = admin.latest();
     assert_balanced(&config);
     assert_eq!(
-        counts(&config).values().copied().collect::<Vec<_>>(),
+        config.shard_counts().values().copied().collect::<Vec<_>>(),
         [5, 5]
     );
 }
@@ -122,7 +122,10 @@ fn move_hands_one_shard_to_a_group_without_rebalancing() {
         admin.move_shard(shard, 2);
     }
     let piled = admin.latest();
-    assert_eq!(counts(&piled).values().copied().collect::<Vec<_>>(), [1, 9]);
+    assert_eq!(
+        piled.shard_counts().values().copied().collect::<Vec<_>>(),
+        [1, 9]
+    );
     piled.check().unwrap();
 
     // Moving a shard to the group that already serves it still creates a
@@ -208,7 +211,7 @@ fn a_join_moves_only_shards_to_the_new_group() {
             // Minimal: exactly the new group's share moved.
             assert_eq!(
                 moves.len(),
-                counts(&after)[&gid],
+                after.shard_counts()[&gid],
                 "{shards} shards, join {gid}"
             );
         }
@@ -232,7 +235,7 @@ fn a_leave_moves_only_the_leaving_groups_shards() {
             );
             assert_eq!(
                 moves.len(),
-                counts(&before)[&gid],
+                before.shard_counts()[&gid],
                 "{shards} shards, leave {gid}"
             );
         }
@@ -254,7 +257,10 @@ fn multi_join_and_multi_leave_move_minimally() {
         .all(|(_, to)| to.is_some_and(|gid| joined.contains(&gid))));
     assert_eq!(
         moves.len(),
-        joined.iter().map(|gid| counts(&after)[gid]).sum::<usize>()
+        joined
+            .iter()
+            .map(|gid| after.shard_counts()[gid])
+            .sum::<usize>()
     );
     assert_eq!(moves.len(), 12);
 
@@ -267,7 +273,10 @@ fn multi_join_and_multi_leave_move_minimally() {
     assert!(moves
         .values()
         .all(|&(from, _)| from == Some(1) || from == Some(4)));
-    assert_eq!(moves.len(), counts(&before)[&1] + counts(&before)[&4]);
+    assert_eq!(
+        moves.len(),
+        before.shard_counts()[&1] + before.shard_counts()[&4]
+    );
 }
 
 #[test]
@@ -305,14 +314,17 @@ fn split_makes_a_new_shard_on_the_same_group_and_a_join_counts_it() {
     assert_eq!(after.shard_for_key(b"k\0").unwrap().id, new_id);
     // No rebalance: nobody else changed owner; the splitting group has 5.
     assert!(moved(&before, &after).is_empty());
-    assert_eq!(counts(&after)[&old.gid.unwrap()], 5);
+    assert_eq!(after.shard_counts()[&old.gid.unwrap()], 5);
 
     // Split the last shard (open end) too, then a join rebalances 10 shards.
     let (_, last_id) = admin.split(b"zz");
     let after = admin.latest();
     assert_eq!(after.shards.last().unwrap().id, last_id);
     assert_eq!(after.shards.last().unwrap().end, None);
-    assert_eq!(counts(&after).values().copied().collect::<Vec<_>>(), [4, 6]);
+    assert_eq!(
+        after.shard_counts().values().copied().collect::<Vec<_>>(),
+        [4, 6]
+    );
     admin.join(&[3]);
     let joined = admin.latest();
     assert_balanced(&joined);
@@ -320,7 +332,7 @@ fn split_makes_a_new_shard_on_the_same_group_and_a_join_counts_it() {
     // 10 on 3 groups: the ceil slot stays with the most loaded group (2),
     // so only 3 shards move, all to the new group.
     assert_eq!(
-        counts(&joined).values().copied().collect::<Vec<_>>(),
+        joined.shard_counts().values().copied().collect::<Vec<_>>(),
         [3, 4, 3]
     );
     let moves = moved(&after, &joined);

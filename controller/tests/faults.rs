@@ -34,19 +34,18 @@
 //!   `1..=latest`: one configuration per successful change, none applied
 //!   twice, none applied without a success;
 //! * replaying the successful changes in config-number order on a fresh
-//!   pure `Controller` gives the same replies and the same configurations;
-//! * every configuration a Join or Leave created is balanced (the
-//!   `rebalance` module's unconditional guarantee), and when the one before
-//!   it was balanced and fully owned no shard moved between two groups
-//!   present both before and after (its conditional guarantee);
+//!   pure `Controller` gives the same replies and the same configurations
+//!   (so what `rebalance` guarantees, which `rebalance_props.rs` checks on
+//!   the pure controller, holds here too);
 //! * the state machines of replicas stopped mid-run hold a prefix of the
 //!   final history.
 //!
-//! The WAL scenario is ignored for now: it found that a restarted replica
-//! can answer a new proposal with the reply of one of its own old commands
-//! (`paxos-log`'s driver tags proposals with a sequence number that starts
-//! again at 1 on every start). The last test reproduces that
-//! deterministically and is ignored until the driver is fixed.
+//! The WAL scenario once found that a restarted replica could answer a new
+//! proposal with the reply of one of its own old commands (`paxos-log`'s
+//! driver tagged proposals with a sequence number that started again at 1
+//! on every start). The driver now tags them with a proposer id drawn anew
+//! at every start; the WAL scenario and the last test, which reproduces the
+//! bug deterministically, guard against its return.
 //!
 //! Randomness (drops, partitions, victims, client choices) comes from one
 //! SplitMix64 seed, printed at the start and on failure and settable with
@@ -71,7 +70,7 @@ use storage::RealFs;
 use tempfile::TempDir;
 
 mod common;
-use common::{seed_from_env, SplitMix64};
+use common::{addresses, node_id, reply_num, seed_from_env, RandomOps, SeedReport, SplitMix64};
 
 const SEED_ENV: &str = "CONTROLLER_FAULT_SEED";
 const SHARDS: u32 = 10;
@@ -81,27 +80,6 @@ const OPS_PER_CLIENT_MAX: u64 = 150;
 const OP_DEADLINE: Duration = Duration::from_secs(15);
 /// Whole-run bound of one scenario.
 const RUN_LIMIT: Duration = Duration::from_secs(25);
-
-// ---------------------------------------------------------------------------
-// Randomness.
-
-/// Prints the seed again if the scenario panics, so it is at the end of the
-/// failure output.
-struct SeedReport {
-    name: &'static str,
-    seed: u64,
-}
-
-impl Drop for SeedReport {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "faults[{}] FAILED; reproduce the fault pattern with {SEED_ENV}={}",
-                self.name, self.seed
-            );
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // The faulty network.
@@ -198,9 +176,10 @@ impl Transport for FaultyTransport {
 // ---------------------------------------------------------------------------
 // The replicas.
 
-/// The controller state machine, counting how many times each change was
-/// chosen in the log (a retry that reached another leader, or was re-proposed
-/// by a new one, is chosen again and must be absorbed by the session table).
+/// The controller state machine, counting how many times each change of a
+/// client was chosen in the log (a retry that reached another leader, or was
+/// re-proposed by a new one, is chosen again and must be absorbed by the
+/// session table). [`settle`]'s command is not counted.
 #[derive(Debug)]
 struct Counted {
     machine: ControllerStateMachine,
@@ -210,7 +189,9 @@ struct Counted {
 impl StateMachine for Counted {
     fn apply(&mut self, slot: Slot, command: &[u8]) -> Vec<u8> {
         if let Ok(ControllerCommand::Change { client_id, seq, .. }) = decode(command) {
-            *self.chosen.entry((client_id, seq)).or_insert(0) += 1;
+            if client_id != SETTLE_CLIENT {
+                *self.chosen.entry((client_id, seq)).or_insert(0) += 1;
+            }
         }
         self.machine.apply(slot, command)
     }
@@ -222,10 +203,6 @@ impl StateMachine for Counted {
     fn durable_slot(&self) -> Slot {
         self.machine.durable_slot()
     }
-}
-
-fn node_id(index: usize) -> NodeId {
-    NodeId(u64::try_from(index).expect("index fits u64") + 1)
 }
 
 fn index_of(id: NodeId) -> usize {
@@ -419,10 +396,6 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-fn addresses(gid: Gid) -> Vec<String> {
-    vec![format!("g{gid}-a:7400"), format!("g{gid}-b:7400")]
-}
-
 /// Proposes `Change { client, seq, op }` until a definite reply, always with
 /// the same `(client, seq)`, following leader hints and moving on from
 /// replicas that fail.
@@ -498,38 +471,20 @@ async fn run_client(
     let mut rng = SplitMix64(seed);
     let mut guess = rng.index(handles.read().unwrap().len());
     let mut joined: BTreeSet<Gid> = BTreeSet::new();
-    let mut next_gid = client * 1000 + 1;
+    let mut ops = RandomOps {
+        next_gid: client * 1000 + 1,
+        max_joined: 4,
+        shards: SHARDS,
+    };
     let mut records = Vec::new();
     for seq in 1..=OPS_PER_CLIENT_MAX {
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let roll = rng.below(10);
-        let op = if joined.is_empty() || (roll < 4 && joined.len() < 4) {
-            let count = 1 + rng.below(2);
-            let groups = (next_gid..next_gid + count)
-                .map(|gid| (gid, addresses(gid)))
-                .collect();
-            next_gid += count;
-            ControllerOp::Join { groups }
-        } else if roll < 6 {
-            let gids: Vec<Gid> = joined.iter().copied().collect();
-            ControllerOp::Leave {
-                gids: vec![gids[rng.index(gids.len())]],
-            }
-        } else if roll < 8 {
-            let gids: Vec<Gid> = joined.iter().copied().collect();
-            ControllerOp::Move {
-                shard: rng.below(u64::from(SHARDS)),
-                gid: gids[rng.index(gids.len())],
-            }
-        } else {
-            // Three bytes or more: never a pre-split boundary (one byte),
-            // and unique per (client, seq).
-            ControllerOp::Split {
-                key: format!("k{client:02}-{seq:03}").into_bytes(),
-            }
-        };
+        // Several bytes: never a pre-split boundary (one byte), and unique
+        // per (client, seq).
+        let split_key = format!("k{client:02}-{seq:03}").into_bytes();
+        let op = ops.next(&mut rng, &joined, split_key);
         let reply = submit(&handles, &mut guess, &mut rng, &stats, client, seq, &op).await;
         if matches!(reply, ControllerReply::Changed { .. }) {
             match &op {
@@ -554,56 +509,6 @@ async fn run_client(
 
 // ---------------------------------------------------------------------------
 // Checks.
-
-fn reply_num(reply: &ControllerReply) -> Option<ConfigNum> {
-    match reply {
-        ControllerReply::Changed { num } | ControllerReply::Split { num, .. } => Some(*num),
-        _ => None,
-    }
-}
-
-/// Every shard owned by a group of `config` and counts within one, or no
-/// group and every shard unowned.
-fn is_balanced(config: &Configuration) -> bool {
-    let counts = config.shard_counts();
-    if counts.is_empty() {
-        return config.shards.iter().all(|shard| shard.gid.is_none());
-    }
-    let most = counts.values().max().copied().unwrap_or(0);
-    let least = counts.values().min().copied().unwrap_or(0);
-    config.shards.iter().all(|shard| shard.gid.is_some()) && most - least <= 1
-}
-
-/// The `rebalance` guarantees for configuration `next`, made by a Join or
-/// Leave from `prev`.
-fn check_rebalance(prev: &Configuration, next: &Configuration) {
-    next.check()
-        .unwrap_or_else(|err| panic!("configuration {}: {err}", next.num));
-    assert!(
-        is_balanced(next),
-        "configuration {} (a Join or Leave) is unbalanced: {:?}",
-        next.num,
-        next.shard_counts()
-    );
-    if !is_balanced(prev) {
-        // After a Move or Split: balancing may need moves between survivors.
-        return;
-    }
-    for shard in &next.shards {
-        let before = prev.shard(shard.id).and_then(|s| s.gid);
-        if let (Some(before), Some(after)) = (before, shard.gid) {
-            let survivors = prev.groups.contains_key(&after) && next.groups.contains_key(&before);
-            assert!(
-                before == after || !survivors,
-                "configuration {}: shard {} moved from {before} to {after}, both present before \
-                 and after, although configuration {} was balanced",
-                next.num,
-                shard.id,
-                prev.num
-            );
-        }
-    }
-}
 
 fn query_bytes(machine: &mut ControllerStateMachine, num: Option<ConfigNum>) -> Vec<u8> {
     machine.read(&encode(&ControllerQuery::Config { num }))
@@ -724,19 +629,11 @@ fn verify(
             "{name}: replaying configuration {num} ({:?}) on a pure controller",
             record.op
         );
-        let config = reference.config(*num).expect("configuration exists");
         assert_eq!(
-            Some(&config),
-            model.config(*num).as_ref(),
+            reference.config(*num),
+            model.config(*num),
             "{name}: configuration {num}"
         );
-        if matches!(
-            record.op,
-            ControllerOp::Join { .. } | ControllerOp::Leave { .. }
-        ) {
-            let prev = reference.config(num - 1).expect("previous configuration");
-            check_rebalance(&prev, &config);
-        }
     }
 
     // Replicas stopped mid-run held a prefix of the final history.
@@ -767,13 +664,21 @@ struct Scenario {
     chaos: Duration,
 }
 
+/// The client id of [`settle`]'s command; no test client has it.
+const SETTLE_CLIENT: ClientId = u64::MAX;
+
 /// Proposes one more command through the healed log and waits until every
-/// replica applied everything up to it.
+/// replica applied everything up to it. The command is a change the
+/// controller refuses (a Leave of no group) from a client of its own: it
+/// creates no configuration, and the client's session is not one the checks
+/// compare (nor is the command one [`Counted`] counts).
 async fn settle(cluster: &Cluster) {
     let handles = cluster.running_handles();
-    let command = encode(&ControllerCommand::Query(ControllerQuery::Config {
-        num: None,
-    }));
+    let command = encode(&ControllerCommand::Change {
+        client_id: SETTLE_CLIENT,
+        seq: 1,
+        op: ControllerOp::Leave { gids: Vec::new() },
+    });
     let deadline = Instant::now() + Duration::from_secs(10);
     let applied = loop {
         assert!(
@@ -825,7 +730,8 @@ async fn read_latest(cluster: &Cluster) -> Configuration {
 async fn run(scenario: Scenario) {
     let base = seed_from_env(SEED_ENV);
     let _report = SeedReport {
-        name: scenario.name,
+        name: format!("faults[{}]", scenario.name),
+        env: SEED_ENV,
         seed: base,
     };
     let seed = SplitMix64(base ^ scenario.salt).next_u64();
@@ -948,11 +854,6 @@ async fn run_inner(scenario: &Scenario, seed: u64) {
         stats.indeterminate.load(Ordering::Relaxed),
         stats.busy.load(Ordering::Relaxed),
         stats.stopped.load(Ordering::Relaxed),
-    );
-    assert!(
-        late_half >= 10,
-        "{}: too little progress in the second half of the chaos: {late_half} changes",
-        scenario.name
     );
     assert!(
         dropped > 0 && cut > 0,

@@ -23,24 +23,19 @@ use controller::{
     ControllerListeners, ControllerOp, ControllerReply, ControllerServer, ControllerServerConfig,
     Gid, MemberAddrs, ServiceError,
 };
-use paxos_log::{DriverOptions, NetLimits, NodeId};
+use paxos_log::{DriverOptions, NodeId};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+mod common;
+use common::{assert_balanced, net, node_id};
 
 const GROUP: u64 = 9;
 const SHARDS: u32 = 10;
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-fn net() -> NetLimits {
-    NetLimits {
-        // A restarted replica is reconnected to quickly.
-        backoff_max: Duration::from_millis(100),
-        ..NetLimits::default()
-    }
 }
 
 fn driver(tick_ms: u64, snapshot_every_slots: u64) -> DriverOptions {
@@ -74,23 +69,6 @@ fn groups(gids: &[Gid]) -> BTreeMap<Gid, Vec<String>> {
     gids.iter()
         .map(|&gid| (gid, vec![format!("g{gid}-a:1"), format!("g{gid}-b:1")]))
         .collect()
-}
-
-/// Every shard owned by a group of the configuration, counts within one.
-fn assert_balanced(config: &Configuration) {
-    config.check().expect("configuration invariants");
-    let counts = config.shard_counts();
-    if counts.is_empty() {
-        assert!(config.shards.iter().all(|shard| shard.gid.is_none()));
-        return;
-    }
-    let most = counts.values().max().copied().unwrap_or(0);
-    let least = counts.values().min().copied().unwrap_or(0);
-    assert!(
-        most - least <= 1,
-        "unbalanced configuration {}: {counts:?}",
-        config.num
-    );
 }
 
 /// A controller group of replicas in temporary directories.
@@ -258,10 +236,6 @@ impl Cluster {
         }
         assert_eq!(metrics.num_alive_tasks(), 0, "tasks leaked");
     }
-}
-
-fn node_id(index: usize) -> NodeId {
-    NodeId(u64::try_from(index).unwrap() + 1)
 }
 
 /// Every configuration from 0 to `last`, through linearizable queries.
@@ -700,22 +674,14 @@ async fn without_a_quorum_a_change_is_indeterminate_within_the_deadline() {
             matches!(outcome, Err(ClerkError::Indeterminate(_))),
             "{outcome:?}"
         );
-        // The clerk keeps trying until its deadline (behaviour), and then
-        // gives up rather than hanging (the upper bound only catches a hang).
-        assert!(
-            took >= Duration::from_secs(3) && took < Duration::from_secs(60),
-            "{took:?}"
-        );
-        // A query changes nothing: it is a definite failure, not a hang.
-        let started = Instant::now();
+        // The clerk keeps trying until its deadline (a hang is caught by
+        // the test's own bound).
+        assert!(took >= Duration::from_secs(3), "{took:?}");
+        // A query changes nothing: it is unavailable, never indeterminate.
         let outcome = clerk.query(None).await;
         assert!(
             matches!(outcome, Err(ClerkError::Unavailable(_))),
             "{outcome:?}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the query hung"
         );
         // A change that reached no replica at all certainly did not happen.
         let dead: Vec<SocketAddr> = followers
@@ -817,17 +783,12 @@ async fn hostile_admin_input_closes_only_its_connection() {
             assert_server_closes(addr, &bytes, case).await;
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while server.client_stats().connections.connections_failed < case_count
-            && Instant::now() < deadline
-        {
+        while server.client_stats().connections_failed < case_count && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let stats = server.client_stats();
-        assert_eq!(
-            stats.connections.connections_failed, case_count,
-            "{stats:?}"
-        );
-        assert_eq!(stats.connections.connection_panics, 0, "{stats:?}");
+        assert_eq!(stats.connections_failed, case_count, "{stats:?}");
+        assert_eq!(stats.connection_panics, 0, "{stats:?}");
         // A sane request with a near deadline on the same kind of frame is
         // answered (so the frame helper is right), and the clerk's own
         // connection still works.

@@ -105,12 +105,7 @@ fn sessions_are_per_client_and_seqs_may_skip() {
 fn queries_need_no_session() {
     let mut admin = Admin::new(4);
     admin.join(&[1]);
-    let reply = admin.apply_bytes(&controller::encode(&controller::ControllerCommand::Query(
-        controller::ControllerQuery::Config { num: Some(0) },
-    )));
-    let ControllerReply::Config(config) = reply else {
-        panic!("{reply:?}")
-    };
+    let config = admin.query(Some(0));
     assert_eq!(config.num, 0);
     assert_eq!(admin.sm.sessions().len(), 1, "only the joining client");
 }

@@ -42,11 +42,11 @@ use controller::{
     ControllerListeners, ControllerOp, ControllerReply, ControllerServer, ControllerServerConfig,
     Gid, MemberAddrs,
 };
-use paxos_log::{DriverOptions, NetLimits, NodeId};
+use paxos_log::{DriverOptions, NodeId};
 use tempfile::TempDir;
 
 mod common;
-use common::{seed_from_env, SplitMix64};
+use common::{net, node_id, reply_num, seed_from_env, RandomOps, SeedReport, SplitMix64};
 
 const PARENT_TEST: &str = "configurations_survive_sigkill_of_any_or_all_replicas";
 const CHILD_TEST: &str = "sigkill_replica_child";
@@ -76,14 +76,6 @@ const CHANGES_MAX: u64 = 1000;
 
 // ---------------------------------------------------------------------------
 // Shared by parent and child.
-
-fn net() -> NetLimits {
-    NetLimits {
-        // A restarted replica is reconnected to quickly.
-        backoff_max: Duration::from_millis(100),
-        ..NetLimits::default()
-    }
-}
 
 fn driver() -> DriverOptions {
     DriverOptions {
@@ -269,10 +261,6 @@ struct Replicas {
     starts: u64,
 }
 
-fn node_id(index: usize) -> NodeId {
-    NodeId(u64::try_from(index).expect("index fits u64") + 1)
-}
-
 impl Replicas {
     /// Picks six free loopback ports (see the module docs for the race) and
     /// three data directories; starts nothing.
@@ -395,20 +383,6 @@ impl Replicas {
 // ---------------------------------------------------------------------------
 // The clerk.
 
-/// Prints the seed again at the end of a failure's output.
-struct SeedReport(u64);
-
-impl Drop for SeedReport {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "{PARENT_TEST} FAILED; rerun the same choices with {SEED_ENV}={}",
-                self.0
-            );
-        }
-    }
-}
-
 /// One change the clerk sent and what it said.
 #[derive(Debug)]
 struct Entry {
@@ -441,10 +415,6 @@ fn clerk_options(client_id: u64) -> ClerkOptions {
     }
 }
 
-fn addresses(gid: Gid) -> Vec<String> {
-    vec![format!("g{gid}-a:7400"), format!("g{gid}-b:7400")]
-}
-
 /// Joins, leaves, splits and moves, one at a time, until told to stop.
 /// Only gids whose Join certainly took effect (and whose Leave was not
 /// attempted) are used later, so every change is valid whatever happened to
@@ -453,36 +423,17 @@ async fn run_clerk(addrs: Vec<SocketAddr>, seed: u64, progress: Arc<Progress>) -
     let mut rng = SplitMix64(seed);
     let mut clerk = ControllerClerk::new(addrs, clerk_options(1));
     let mut joined: BTreeSet<Gid> = BTreeSet::new();
-    let mut next_gid: Gid = 1;
+    let mut ops = RandomOps {
+        next_gid: 1,
+        max_joined: 5,
+        shards: SHARDS,
+    };
     let mut entries = Vec::new();
     for n in 0..CHANGES_MAX {
         if progress.stop.load(Ordering::Relaxed) {
             break;
         }
-        let roll = rng.below(10);
-        let op = if joined.is_empty() || (roll < 4 && joined.len() < 5) {
-            let count = 1 + rng.below(2);
-            let groups = (next_gid..next_gid + count)
-                .map(|gid| (gid, addresses(gid)))
-                .collect();
-            next_gid += count;
-            ControllerOp::Join { groups }
-        } else if roll < 6 {
-            let gids: Vec<Gid> = joined.iter().copied().collect();
-            ControllerOp::Leave {
-                gids: vec![gids[rng.index(gids.len())]],
-            }
-        } else if roll < 8 {
-            ControllerOp::Split {
-                key: format!("key-{n:04}").into_bytes(),
-            }
-        } else {
-            let gids: Vec<Gid> = joined.iter().copied().collect();
-            ControllerOp::Move {
-                shard: rng.below(u64::from(SHARDS)),
-                gid: gids[rng.index(gids.len())],
-            }
-        };
+        let op = ops.next(&mut rng, &joined, format!("key-{n:04}").into_bytes());
         let sent = Instant::now();
         let result = clerk.change(op.clone()).await;
         let took = sent.elapsed();
@@ -522,13 +473,6 @@ async fn read_history(addrs: Vec<SocketAddr>) -> Vec<Configuration> {
 
 // ---------------------------------------------------------------------------
 // Checks.
-
-fn reply_num(reply: &ControllerReply) -> Option<ConfigNum> {
-    match reply {
-        ControllerReply::Changed { num } | ControllerReply::Split { num, .. } => Some(*num),
-        _ => None,
-    }
-}
 
 /// Brings `model` up to configuration `upto` with indeterminate changes
 /// from `pending` (in order): exactly `upto - latest` of them took effect,
@@ -671,7 +615,11 @@ fn wait_for_changes(progress: &Progress, clerk: &tokio::task::JoinHandle<Vec<Ent
 fn configurations_survive_sigkill_of_any_or_all_replicas() {
     let started = Instant::now();
     let seed = seed_from_env(SEED_ENV);
-    let _report = SeedReport(seed);
+    let _report = SeedReport {
+        name: PARENT_TEST.to_string(),
+        env: SEED_ENV,
+        seed,
+    };
     eprintln!("{PARENT_TEST}: {SEED_ENV}={seed}");
     let mut rng = SplitMix64(seed);
     let mut replicas = Replicas::new();

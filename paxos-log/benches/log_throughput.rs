@@ -28,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,9 +36,9 @@ use paxos_log::net::{PeerListener, ServerHandle};
 use paxos_log::store::wal::WalAcceptorStore;
 use paxos_log::{
     ChannelTransport, Config, DriverOptions, NetLimits, Node, NodeHandle, NodeId, Role, Slot,
-    StateMachine, TarpcTransport,
+    StateMachine, TarpcTransport, Transport,
 };
-use storage::wal::WalOptions;
+use storage::wal::{WalOptions, WalStats};
 use storage::RealFs;
 
 const COMMAND_BYTES: usize = 100;
@@ -166,8 +167,11 @@ fn ms(us: u32) -> f64 {
 }
 
 /// The running group of one row, and what must be torn down after it.
+#[derive(Default)]
 struct Group {
     nodes: Vec<Node<Counter>>,
+    /// Each replica's WAL counters (its real fsyncs).
+    wal_stats: Vec<Arc<WalStats>>,
     /// TCP only: one server per replica.
     servers: Vec<ServerHandle>,
     /// TCP only: kept alive until the nodes are stopped; dropping one
@@ -178,6 +182,39 @@ struct Group {
 }
 
 impl Group {
+    /// Starts replica `id` with a fresh WAL under `base`, on `transport`.
+    fn start_node<T: Transport + ?Sized>(
+        &mut self,
+        base: &Path,
+        id: NodeId,
+        members: &[NodeId],
+        transport: Arc<T>,
+    ) -> Result<NodeHandle, Box<dyn std::error::Error>> {
+        let dir = tempfile::Builder::new()
+            .prefix("paxos-bench")
+            .tempdir_in(base)?;
+        let store = WalAcceptorStore::open(RealFs::shared(), dir.path(), WalOptions::default())?;
+        self.dirs.push(dir);
+        self.wal_stats.push(store.stats());
+        let options = DriverOptions {
+            tick: Duration::from_millis(10),
+            ..DriverOptions::default()
+        };
+        let config = Config::new(id, members.to_vec());
+        let node = Node::start(config, store, Counter::default(), transport, options)?;
+        let handle = node.handle();
+        self.nodes.push(node);
+        Ok(handle)
+    }
+
+    /// fsyncs of every replica's WAL so far.
+    fn fsyncs(&self) -> u64 {
+        self.wal_stats
+            .iter()
+            .map(|stats| stats.fsync_count.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Stops the servers first (waiting until their ports are released),
     /// then the nodes (joining their driver threads), then the transports
     /// (aborting their peer tasks), then removes the WAL directories.
@@ -193,50 +230,18 @@ impl Group {
     }
 }
 
-fn open_store(
-    base: &Path,
-) -> Result<(tempfile::TempDir, WalAcceptorStore), Box<dyn std::error::Error>> {
-    let dir = tempfile::Builder::new()
-        .prefix("paxos-bench")
-        .tempdir_in(base)?;
-    let store = WalAcceptorStore::open(RealFs::shared(), dir.path(), WalOptions::default())?;
-    Ok((dir, store))
-}
-
-fn driver_options() -> DriverOptions {
-    DriverOptions {
-        tick: Duration::from_millis(10),
-        ..DriverOptions::default()
-    }
-}
-
 /// Three replicas connected by the in-process `ChannelTransport`.
 fn start_channel_group(
     base: &Path,
     members: &[NodeId],
 ) -> Result<Group, Box<dyn std::error::Error>> {
     let network = Arc::new(ChannelTransport::new());
-    let mut dirs = Vec::new();
-    let mut nodes = Vec::new();
+    let mut group = Group::default();
     for &id in members {
-        let (dir, store) = open_store(base)?;
-        let node = Node::start(
-            Config::new(id, members.to_vec()),
-            store,
-            Counter::default(),
-            Arc::clone(&network),
-            driver_options(),
-        )?;
-        network.register(id, node.handle());
-        nodes.push(node);
-        dirs.push(dir);
+        let handle = group.start_node(base, id, members, Arc::clone(&network))?;
+        network.register(id, handle);
     }
-    Ok(Group {
-        nodes,
-        servers: Vec::new(),
-        transports: Vec::new(),
-        dirs,
-    })
+    Ok(group)
 }
 
 /// Three replicas talking over loopback TCP: every listener is bound first
@@ -255,12 +260,7 @@ async fn start_tcp_group(
         listeners.push(listener);
     }
     let runtime = tokio::runtime::Handle::current();
-    let mut group = Group {
-        nodes: Vec::new(),
-        servers: Vec::new(),
-        transports: Vec::new(),
-        dirs: Vec::new(),
-    };
+    let mut group = Group::default();
     for (&id, listener) in members.iter().zip(listeners) {
         let peers: BTreeMap<NodeId, SocketAddr> = addrs
             .iter()
@@ -268,30 +268,14 @@ async fn start_tcp_group(
             .map(|(peer, addr)| (*peer, *addr))
             .collect();
         let transport = Arc::new(TarpcTransport::new(&runtime, peers, GROUP, limits.clone()));
-        let (dir, store) = match open_store(base) {
-            Ok(opened) => opened,
+        group.transports.push(Arc::clone(&transport));
+        match group.start_node(base, id, members, transport) {
+            Ok(handle) => group.servers.push(listener.start(handle, GROUP)),
             Err(e) => {
                 group.stop().await;
                 return Err(e);
             }
-        };
-        let node = match Node::start(
-            Config::new(id, members.to_vec()),
-            store,
-            Counter::default(),
-            Arc::clone(&transport),
-            driver_options(),
-        ) {
-            Ok(node) => node,
-            Err(e) => {
-                group.stop().await;
-                return Err(e.into());
-            }
-        };
-        group.servers.push(listener.start(node.handle(), GROUP));
-        group.nodes.push(node);
-        group.transports.push(transport);
-        group.dirs.push(dir);
+        }
     }
     Ok(group)
 }
@@ -323,8 +307,6 @@ async fn run_row(
     let started = Instant::now();
     let measure_from = started + warmup;
     let deadline = measure_from + duration;
-    let persists_before =
-        |handles: &[NodeHandle]| -> u64 { handles.iter().map(|h| h.metrics().persist_count).sum() };
     let mut tasks = Vec::new();
     for task in 0..proposers {
         let leader = leader.clone();
@@ -346,7 +328,7 @@ async fn run_row(
         }));
     }
     tokio::time::sleep_until(measure_from.into()).await;
-    let fsyncs_start = persists_before(&handles);
+    let fsyncs_start = group.fsyncs();
     let measured_start = Instant::now();
     let mut latencies_us = Vec::new();
     let mut join_error = None;
@@ -360,7 +342,7 @@ async fn run_row(
         .elapsed()
         .as_secs_f64()
         .min(duration.as_secs_f64());
-    let fsyncs = persists_before(&handles) - fsyncs_start;
+    let fsyncs = group.fsyncs() - fsyncs_start;
     group.stop().await;
     if let Some(e) = join_error {
         return Err(e.into());

@@ -103,9 +103,4 @@ impl Config {
         }
         Ok(())
     }
-
-    /// Votes needed for a majority of the genesis configuration.
-    pub fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
-    }
 }

@@ -251,8 +251,9 @@ impl NodeHandle {
     /// it. Resolves once the new configuration is in force, with the first
     /// slot it governs. A replica being added should already run (with the
     /// group's genesis `members` in its config), so it can catch up and
-    /// vote; a leader that removes itself steps down once the change is in
-    /// force.
+    /// vote, and be reachable: over TCP, give every replica's
+    /// [`crate::TarpcTransport`] its address first (`set_peer`). A leader
+    /// that removes itself steps down once the change is in force.
     pub async fn reconfigure(&self, members: Vec<NodeId>) -> Result<Slot, NodeError> {
         self.request(|reply| Input::Reconfigure { members, reply })
             .await
@@ -403,8 +404,6 @@ impl<M: StateMachine> Node<M> {
             None => None,
         };
         let recovered = store.recover()?;
-        let genesis = config.members.clone();
-        let window_slots = config.reconfig_window_slots;
         let replica = Replica::recover(config, recovered, applied, membership)?;
         let (inputs, receiver) = mpsc::sync_channel(options.queue_depth);
         let (metrics_tx, metrics) = watch::channel(NodeMetrics {
@@ -426,8 +425,6 @@ impl<M: StateMachine> Node<M> {
             transport,
             options,
             applied,
-            genesis,
-            window_slots,
             proposer_id: new_proposer_id(id),
             next_seq: 1,
             proposals: BTreeMap::new(),
@@ -494,10 +491,6 @@ struct Driver<S, M, T: ?Sized> {
     transport: Arc<T>,
     options: DriverOptions,
     applied: Slot,
-    /// The group's genesis members (`Config::members`).
-    genesis: Vec<NodeId>,
-    /// α (`Config::reconfig_window_slots`).
-    window_slots: u64,
     /// Identifies this start's proposals in the log (see `new_proposer_id`).
     proposer_id: u64,
     next_seq: u64,
@@ -721,7 +714,7 @@ where
             return Ok(());
         };
         let membership = self.replica.membership_for_snapshot(applied);
-        if let Err(error) = snapshots.save(applied, &membership, &data) {
+        if let Err(error) = snapshots.save(applied, Some(&membership), &data) {
             // Not fatal: the log is simply not compacted this time.
             warn!(%error, slot = applied, "could not write a snapshot; log not compacted");
             return Ok(());
@@ -767,19 +760,17 @@ where
         if slot <= self.applied {
             return;
         }
-        let membership = match received.membership {
-            Some(membership) => membership,
-            // From a peer that never had a membership change.
-            None => Membership::genesis(&self.genesis),
-        };
-        if let Err(error) = membership.validate() {
+        // Checked before the state machine moves (the core would refuse it
+        // only after). `None`: from a group that never had a change.
+        let membership = received.membership;
+        if let Some(Err(error)) = membership.as_ref().map(Membership::validate) {
             warn!(%from, slot, %error, "snapshot with an invalid membership ignored");
             return;
         }
         // Saved before the state machine moves: a state machine whose
         // restore is durable at once must never be ahead of the snapshot
         // file, which is what a restart compacts the store below.
-        if let Err(error) = snapshots.save(slot, &membership, &data) {
+        if let Err(error) = snapshots.save(slot, membership.as_ref(), &data) {
             self.fatal = Some(format!("saving a received snapshot: {error}"));
             return;
         }
@@ -808,7 +799,7 @@ where
             let mut members = members.clone();
             members.sort_unstable();
             if pending.in_force_at.is_none() && members == pending.members {
-                pending.in_force_at = Some(slot + self.window_slots);
+                pending.in_force_at = Some(slot + self.replica.config().reconfig_window_slots);
             }
         }
         if let Value::Commands(commands) = value {

@@ -32,6 +32,11 @@ pub struct Membership {
     configs: BTreeMap<Slot, Vec<NodeId>>,
 }
 
+/// Votes needed among `members`: a majority.
+pub fn majority(members: &[NodeId]) -> usize {
+    members.len() / 2 + 1
+}
+
 /// Why a set of members cannot be a configuration.
 pub fn validate_members(members: &[NodeId]) -> Result<(), String> {
     if members.is_empty() {
@@ -72,11 +77,6 @@ impl Membership {
             .next_back()
             .or_else(|| self.configs.iter().next())
             .map_or(&[], |(_, members)| members.as_slice())
-    }
-
-    /// Votes needed to choose a value in `slot`.
-    pub fn quorum_at(&self, slot: Slot) -> usize {
-        self.members_at(slot).len() / 2 + 1
     }
 
     /// Records that `members` was chosen in slot `chosen_in`: it governs
@@ -179,7 +179,7 @@ mod tests {
         m.record(10, &ids(&[1, 2, 4]), 4);
         assert_eq!(m.members_at(13), ids(&[1, 2, 3]).as_slice());
         assert_eq!(m.members_at(14), ids(&[1, 2, 4]).as_slice());
-        assert_eq!(m.quorum_at(14), 2);
+        assert_eq!(majority(m.members_at(14)), 2);
         assert!(m.changes_after(13));
         assert!(!m.changes_after(14));
         assert_eq!(

@@ -133,8 +133,6 @@ pub fn apply_op(state: &mut RecoveredState, op: &PersistOp) {
 #[derive(Debug, Clone, Default)]
 pub struct MemAcceptorStore {
     state: RecoveredState,
-    /// Number of `persist` calls, a stand-in for fsyncs.
-    pub persist_count: u64,
 }
 
 impl MemAcceptorStore {
@@ -157,7 +155,6 @@ impl AcceptorStore for MemAcceptorStore {
         for op in ops {
             apply_op(&mut self.state, op);
         }
-        self.persist_count += 1;
         Ok(())
     }
     fn compact(&mut self, upto: Slot) -> Result<(), StorageError> {

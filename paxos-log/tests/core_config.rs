@@ -19,7 +19,9 @@ use paxos_log::{Config, ConfigError, RecoveredState, Replica};
 fn assert_rejected(edit: impl FnOnce(&mut Config), names: &[&str]) {
     let mut config = config(1, 3);
     edit(&mut config);
-    let ConfigError(message) = config.validate().unwrap_err();
+    let Err(ConfigError(message)) = config.validate() else {
+        panic!("accepted a configuration that breaks {names:?}");
+    };
     for name in names {
         assert!(
             message.contains(name),
@@ -118,20 +120,7 @@ const ZERO_BOUNDS: [(&str, Edit); 6] = [
 #[test]
 fn every_zero_bound_is_rejected() {
     for (name, edit) in ZERO_BOUNDS {
-        let mut config = config(1, 3);
-        edit(&mut config);
-        let result = config.validate();
-        assert!(
-            matches!(&result, Err(ConfigError(m)) if m.contains("must be positive")),
-            "{name} = 0: {result:?}"
-        );
-    }
-}
-
-#[test]
-fn every_zero_bound_is_rejected_by_name() {
-    for (name, edit) in ZERO_BOUNDS {
-        assert_rejected(edit, &[name]);
+        assert_rejected(edit, &[name, "must be positive"]);
     }
 }
 

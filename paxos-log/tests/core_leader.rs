@@ -84,6 +84,7 @@ fn one_peer_ack_after_the_leaders_own_advanced_ack_chooses() {
 
     assert_eq!(r.chosen_upto(), 1);
     assert_eq!(r.chosen_value(1), Some(&cmd(b"x")));
+    assert!(r.has_ready(), "slot 1 is chosen and must be handed out");
     assert_eq!(
         r.ready(),
         Ready {
@@ -130,18 +131,6 @@ fn slots_are_chosen_out_of_order_but_emitted_in_order() {
         r.ready().chosen,
         vec![entry(1, cmd(b"a")), entry(2, cmd(b"b"))]
     );
-}
-
-#[test]
-fn has_ready_reports_slots_chosen_by_a_peer_acceptance() {
-    let (mut r, ballot) = leader(1, 3);
-    r.propose(b"x".to_vec()).unwrap();
-    let _ = take(&mut r);
-
-    r.step(env(2, 1, accepted(ballot, vec![1])));
-
-    assert_eq!(r.chosen_upto(), 1);
-    assert!(r.has_ready(), "slot 1 is chosen and must be handed out");
 }
 
 #[test]

@@ -807,7 +807,7 @@ fn install_snapshot_replaces_the_membership() {
     let mut r = Replica::new(config_alpha(4, 3, 2), RecoveredState::default(), 0).unwrap();
     assert!(!r.is_voter());
 
-    r.install_snapshot(3, m.clone());
+    r.install_snapshot(3, Some(m.clone()));
 
     assert_eq!(r.membership(), &m);
     assert_eq!(r.current_members(), ids(&[1, 2, 4]));
@@ -835,7 +835,7 @@ fn install_snapshot_re_records_changes_chosen_above_it_that_the_replica_knew() {
     r.step(env(1, 3, heartbeat(b(1, 1), 3, 1)));
     assert_eq!(r.chosen_upto(), 3);
 
-    r.install_snapshot(1, m);
+    r.install_snapshot(1, Some(m));
 
     assert_eq!(
         r.membership(),

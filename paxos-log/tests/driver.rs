@@ -8,22 +8,23 @@
 //! their WAL directories; every proposal that was acknowledged must be in
 //! every replica's log afterwards, in the same order everywhere.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use paxos_log::store::wal::WalAcceptorStore;
 use paxos_log::{
-    AcceptorStore, ChannelTransport, Config, DriverOptions, MemAcceptorStore, Node, NodeError,
-    NodeHandle, NodeId, Role, Slot,
+    AcceptorStore, ChannelTransport, Config, DriverOptions, MemAcceptorStore, Node, NodeHandle,
+    NodeId, Role, Slot, StateMachine,
 };
-use storage::snapshot::SnapshotStore;
 use storage::wal::WalOptions;
 use storage::RealFs;
 
 mod cluster;
-use cluster::{commands_of, commit, wait_applied, wait_for_leader, LogMachine};
+use cluster::{
+    assert_contains_all, assert_distinct, assert_prefix, assert_same_logs, commands_of, commit,
+    start_on_disk, wait_applied, wait_for_leader, with_attempt, Clients, Live, LogMachine,
+};
 
 fn options() -> DriverOptions {
     DriverOptions {
@@ -97,20 +98,7 @@ async fn replicas_agree_under_concurrent_load() {
     let last = leader.metrics().applied_slot;
     wait_applied(&handles, last).await;
     let machines: Vec<LogMachine> = nodes.into_iter().map(|n| n.stop().unwrap()).collect();
-    let reference = commands_of(&machines[0]);
-    assert_eq!(reference.len(), 800);
-    assert_eq!(
-        reference.iter().collect::<BTreeSet<_>>().len(),
-        800,
-        "no command applied twice"
-    );
-    for machine in &machines[1..] {
-        assert_eq!(
-            commands_of(machine),
-            reference,
-            "replicas applied different logs"
-        );
-    }
+    assert_eq!(assert_same_logs(&machines).len(), 800);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,49 +110,21 @@ async fn acknowledged_proposals_survive_restarts_from_disk() {
         .zip(&dirs)
         .map(|(id, dir)| Some(start(id, open_wal(dir.path()), &network)))
         .collect();
-    let handles: Vec<NodeHandle> = nodes.iter().flatten().map(Node::handle).collect();
+    let live: Live = Arc::default();
+    let publish = |nodes: &[Option<Node<LogMachine>>]| {
+        *live.write().unwrap() = nodes.iter().flatten().map(Node::handle).collect();
+    };
+    publish(&nodes);
+    let handles = live.read().unwrap().clone();
     wait_for_leader(&handles).await;
+    let clients = Clients::spawn(8, &live);
 
-    // Clients: propose unique commands through whoever leads, and remember
-    // every one that was acknowledged.
-    let stop_clients = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for client in 0..8u32 {
-        let handles = handles.clone();
-        let stop = Arc::clone(&stop_clients);
-        clients.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut seq = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let leader = handles
-                    .iter()
-                    .find(|h| h.metrics().role == Some(Role::Leader));
-                let Some(leader) = leader else {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                };
-                let command = [client.to_le_bytes(), seq.to_le_bytes()].concat();
-                seq += 1;
-                match leader.propose(command.clone()).await {
-                    Ok(_) => acked.push(command),
-                    Err(NodeError::NotLeader { .. } | NodeError::Busy | NodeError::Stopped) => {
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    // Unknown outcome: fine either way; not counted as acked.
-                    Err(NodeError::Indeterminate(_)) => {}
-                    Err(error) => panic!("a proposal got {error}"),
-                }
-            }
-            acked
-        }));
-    }
-
-    // Chaos: stop a replica (often the leader), keep the load going, then
-    // restart it from its WAL directory with an empty state machine.
-    let mut restarts = 0;
+    // Chaos: stop a replica (often the leader) once the clients made
+    // progress, keep the load going until they make more, then restart it
+    // from its WAL directory with an empty state machine.
     let mut leader_restarts = 0;
     for round in 0..8usize {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        clients.progress(20).await;
         let victim = if round % 2 == 0 {
             nodes
                 .iter()
@@ -182,24 +142,16 @@ async fn acknowledged_proposals_survive_restarts_from_disk() {
             network.unregister(id);
             node.stop();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        publish(&nodes);
+        clients.progress(20).await;
         nodes[victim] = Some(start(id, open_wal(dirs[victim].path()), &network));
-        restarts += 1;
+        publish(&nodes);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop_clients.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for client in clients {
-        acked.extend(client.await.unwrap());
-    }
+    clients.progress(20).await;
+    let acked = clients.stop().await;
     assert!(
-        restarts == 8 && leader_restarts >= 2,
+        leader_restarts >= 2,
         "chaos did not hit leaders: {leader_restarts}"
-    );
-    assert!(
-        acked.len() > 100,
-        "too little progress under chaos: {} acked",
-        acked.len()
     );
 
     // Settle: one more command through the leader, then everyone applies it.
@@ -214,45 +166,20 @@ async fn acknowledged_proposals_survive_restarts_from_disk() {
         .collect();
     let reference = commands_of(&machines[0]);
     for (i, machine) in machines.iter().enumerate() {
-        let log = commands_of(machine);
-        assert_eq!(
-            &log[..],
-            &reference[..log.len().min(reference.len())],
-            "replica {i} diverged"
-        );
-        let slots: Vec<Slot> = machine.applied.iter().map(|(s, _)| *s).collect();
-        assert!(
-            slots.windows(2).all(|w| w[0] <= w[1]),
-            "replica {i} applied out of order"
-        );
+        assert_prefix(machine, &reference, &format!("replica {}", i + 1));
     }
-    let applied: BTreeSet<&Vec<u8>> = reference.iter().collect();
-    assert_eq!(
-        applied.len(),
-        reference.len(),
-        "a command was applied twice"
-    );
-    for command in &acked {
-        assert!(
-            applied.contains(command),
-            "acknowledged command {command:?} lost"
-        );
-    }
+    assert_distinct(&reference);
+    assert_contains_all(&reference, &acked);
 }
 
+/// Starts replica `id` from `dir` with snapshots: one every 25 applied
+/// slots, sent in 512-byte chunks, and 4 KiB WAL segments, so compaction
+/// removes whole segments.
 fn start_with_snapshots(
     id: NodeId,
     dir: &Path,
     network: &Arc<ChannelTransport>,
 ) -> Node<LogMachine> {
-    let wal_options = WalOptions {
-        segment_size_bytes_max: 4096,
-        ..WalOptions::default()
-    };
-    let store =
-        WalAcceptorStore::open(RealFs::shared(), &dir.join("wal"), wal_options).expect("WAL opens");
-    let snapshots =
-        SnapshotStore::open(RealFs::shared(), &dir.join("snap")).expect("snapshot store opens");
     let options = DriverOptions {
         snapshot_every_slots: 25,
         snapshot_chunk_bytes: 512,
@@ -263,17 +190,7 @@ fn start_with_snapshots(
         rng_seed: 11,
         ..Config::new(id, members())
     };
-    let node = Node::start_with_snapshots(
-        config,
-        store,
-        LogMachine::default(),
-        Arc::clone(network),
-        options,
-        snapshots,
-    )
-    .expect("replica starts");
-    network.register(id, node.handle());
-    node
+    start_on_disk(config, dir, 4096, options, network)
 }
 
 /// Proposes `count` commands tagged `tag` through the current leader, one at
@@ -347,9 +264,36 @@ async fn a_replica_behind_the_compacted_log_catches_up_from_a_snapshot() {
         .flatten()
         .map(|n| n.stop().unwrap())
         .collect();
-    let reference = commands_of(&machines[0]);
-    assert_eq!(reference.len(), 220, "every command applied exactly once");
-    for (i, machine) in machines.iter().enumerate() {
-        assert_eq!(commands_of(machine), reference, "replica {} differs", i + 1);
+    assert_eq!(
+        assert_same_logs(&machines).len(),
+        220,
+        "every command applied exactly once"
+    );
+}
+
+/// `commit` retries after unknown outcomes, so several attempts of one
+/// command may be chosen: the state machine records the first, answers the
+/// others with its slot, and still records one attempt chosen twice.
+#[test]
+fn the_log_machine_applies_one_attempt_of_a_retried_command() {
+    let mut machine = LogMachine::default();
+    assert_eq!(machine.apply(3, &with_attempt(1, b"x")), 3u64.to_le_bytes());
+    assert_eq!(machine.apply(4, b"plain"), 4u64.to_le_bytes());
+    assert_eq!(machine.apply(5, &with_attempt(0, b"x")), 3u64.to_le_bytes());
+    let snapshot = machine.snapshot().expect("snapshots");
+    let mut restored = LogMachine::default();
+    restored.restore(5, &snapshot).expect("restores");
+    for machine in [&mut machine, &mut restored] {
+        assert_eq!(machine.apply(6, &with_attempt(2, b"x")), 3u64.to_le_bytes());
+        assert_eq!(machine.apply(7, &with_attempt(1, b"x")), 7u64.to_le_bytes());
+        assert_eq!(
+            machine.applied,
+            vec![
+                (3, b"x".to_vec()),
+                (4, b"plain".to_vec()),
+                (7, b"x".to_vec())
+            ],
+            "attempt 1 chosen twice shows twice"
+        );
     }
 }

@@ -11,23 +11,21 @@
 //! of the final configuration, in the same order everywhere, and a removed
 //! replica's log must be a prefix of theirs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use paxos_log::store::wal::WalAcceptorStore;
 use paxos_log::{
     ChannelTransport, Config, DriverOptions, Node, NodeError, NodeHandle, NodeId, Role, Slot,
 };
-use storage::snapshot::SnapshotStore;
-use storage::wal::WalOptions;
-use storage::RealFs;
 use tokio::task::JoinHandle;
 
 mod cluster;
-use cluster::{commands_of, commit, wait_applied, LogMachine};
+use cluster::{
+    assert_contains_all, assert_prefix, assert_same_logs, commit, leader_of, start_on_disk,
+    wait_applied, wait_for_leader, Clients, Live, LogMachine,
+};
 
 /// α of the test group: small, so a change is in force a few slots after it
 /// is chosen.
@@ -40,14 +38,6 @@ fn ids(ids: &[u64]) -> Vec<NodeId> {
 /// Starts machine `id` from its directory (WAL and snapshots; a snapshot
 /// every 25 applied slots, so a replica added late catches up through one).
 fn start(id: NodeId, dir: &Path, network: &Arc<ChannelTransport>) -> Node<LogMachine> {
-    let wal_options = WalOptions {
-        segment_size_bytes_max: 16 * 1024,
-        ..WalOptions::default()
-    };
-    let store =
-        WalAcceptorStore::open(RealFs::shared(), &dir.join("wal"), wal_options).expect("WAL opens");
-    let snapshots =
-        SnapshotStore::open(RealFs::shared(), &dir.join("snap")).expect("snapshot store opens");
     let options = DriverOptions {
         tick: Duration::from_millis(5),
         request_timeout: Duration::from_secs(2),
@@ -62,17 +52,7 @@ fn start(id: NodeId, dir: &Path, network: &Arc<ChannelTransport>) -> Node<LogMac
         // Every machine, added later or not, knows the group by its genesis.
         ..Config::new(id, ids(&[1, 2, 3]))
     };
-    let node = Node::start_with_snapshots(
-        config,
-        store,
-        LogMachine::default(),
-        Arc::clone(network),
-        options,
-        snapshots,
-    )
-    .expect("replica starts");
-    network.register(id, node.handle());
-    node
+    start_on_disk(config, dir, 16 * 1024, options, network)
 }
 
 /// Five machines, their directories and the handles clients use.
@@ -81,7 +61,7 @@ struct Machines {
     network: Arc<ChannelTransport>,
     nodes: BTreeMap<NodeId, Node<LogMachine>>,
     /// Handles of the running machines, shared with the clients.
-    live: Arc<RwLock<Vec<NodeHandle>>>,
+    live: Live,
 }
 
 impl Machines {
@@ -96,7 +76,7 @@ impl Machines {
             dirs,
             network,
             nodes,
-            live: Arc::new(RwLock::new(Vec::new())),
+            live: Live::default(),
         };
         machines.publish();
         machines
@@ -115,13 +95,15 @@ impl Machines {
     }
 
     /// Stops `id` (what a crash looks like to the others: everything it
-    /// acknowledged is on its disk).
-    fn stop(&mut self, id: NodeId) {
+    /// acknowledged is on its disk) and returns its handle, whose metrics
+    /// are the last it published.
+    fn stop(&mut self, id: NodeId) -> NodeHandle {
         self.network.unregister(id);
-        if let Some(node) = self.nodes.remove(&id) {
-            node.stop();
-        }
+        let node = self.nodes.remove(&id).expect("running");
+        let handle = node.handle();
+        node.stop();
         self.publish();
+        handle
     }
 
     /// Restarts `id` from its own directory.
@@ -131,53 +113,21 @@ impl Machines {
         self.publish();
     }
 
-    fn leader(&self) -> Option<NodeId> {
-        self.handles()
-            .iter()
-            .find(|h| h.metrics().role == Some(Role::Leader))
-            .map(NodeHandle::id)
+    /// Drops every message to `id` from now on, until `reconnect`: it still
+    /// runs and sends, but hears nothing.
+    fn deafen(&self, id: NodeId) {
+        self.network.unregister(id);
     }
-}
 
-/// Clients proposing unique commands through whichever running replica
-/// leads; each returns the commands acknowledged to it.
-fn spawn_clients(
-    live: &Arc<RwLock<Vec<NodeHandle>>>,
-    stop: &Arc<AtomicBool>,
-) -> Vec<JoinHandle<Vec<Vec<u8>>>> {
-    (0..6u32)
-        .map(|client| {
-            let live = Arc::clone(live);
-            let stop = Arc::clone(stop);
-            tokio::spawn(async move {
-                let mut acked = Vec::new();
-                let mut seq = 0u32;
-                while !stop.load(Ordering::Relaxed) {
-                    let leader = live
-                        .read()
-                        .unwrap()
-                        .iter()
-                        .find(|h| h.metrics().role == Some(Role::Leader))
-                        .cloned();
-                    let Some(leader) = leader else {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        continue;
-                    };
-                    let command = [client.to_le_bytes(), seq.to_le_bytes()].concat();
-                    seq += 1;
-                    match leader.propose(command.clone()).await {
-                        Ok(_) => acked.push(command),
-                        Err(NodeError::Indeterminate(_)) => {}
-                        Err(NodeError::NotLeader { .. } | NodeError::Busy | NodeError::Stopped) => {
-                            tokio::time::sleep(Duration::from_millis(2)).await;
-                        }
-                        Err(error) => panic!("a proposal got {error}"),
-                    }
-                }
-                acked
-            })
-        })
-        .collect()
+    /// Delivers messages to `id` again.
+    fn reconnect(&self, id: NodeId) {
+        self.network.register(id, self.nodes[&id].handle());
+    }
+
+    /// The running leader; fails the test if none is elected within 10 s.
+    async fn leader(&self) -> NodeHandle {
+        wait_for_leader(&self.handles()).await
+    }
 }
 
 /// Whether `members` is in force on the running leader.
@@ -191,7 +141,7 @@ fn in_force(live: &[NodeHandle], members: &[NodeId]) -> bool {
 /// Changes the group to `members` through whichever replica leads,
 /// retrying refusals and unknown outcomes, until the change is in force
 /// (20 s at most).
-async fn change_to(live: &Arc<RwLock<Vec<NodeHandle>>>, members: &[NodeId]) {
+async fn change_to(live: &Live, members: &[NodeId]) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let handles = live.read().unwrap().clone();
@@ -203,11 +153,7 @@ async fn change_to(live: &Arc<RwLock<Vec<NodeHandle>>>, members: &[NodeId]) {
             "membership {members:?} not in force within 20 s: {:?}",
             handles.iter().map(NodeHandle::metrics).collect::<Vec<_>>()
         );
-        let leader = handles
-            .iter()
-            .find(|h| h.metrics().role == Some(Role::Leader))
-            .cloned();
-        let Some(leader) = leader else {
+        let Some(leader) = leader_of(&handles) else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
@@ -216,7 +162,9 @@ async fn change_to(live: &Arc<RwLock<Vec<NodeHandle>>>, members: &[NodeId]) {
                 assert!(first_slot > WINDOW_SLOTS, "in force from slot {first_slot}");
                 // Metrics are published after the `Ready` that answered.
                 let applied = leader
-                    .wait_for(Duration::from_secs(1), |m| m.applied_slot + 1 >= first_slot)
+                    .wait_for(Duration::from_secs(20), |m| {
+                        m.applied_slot + 1 >= first_slot
+                    })
                     .await;
                 assert!(
                     applied.is_some(),
@@ -231,19 +179,53 @@ async fn change_to(live: &Arc<RwLock<Vec<NodeHandle>>>, members: &[NodeId]) {
     }
 }
 
-/// Stops the clients and returns every command acknowledged to them.
-async fn stop_clients(stop: &AtomicBool, clients: Vec<JoinHandle<Vec<Vec<u8>>>>) -> Vec<Vec<u8>> {
-    stop.store(true, Ordering::Relaxed);
-    let mut acked = Vec::new();
-    for client in clients {
-        acked.extend(client.await.unwrap());
+/// Has the leader take a change to `members` while it hears nothing: its
+/// `Accept`s go out, but it learns of no acceptance, so the change cannot
+/// be in force on any replica (only the leader learns what is chosen)
+/// until it hears again or stops. Returns that leader, still deaf, once
+/// its metrics show it took the change, and a task that sees the change
+/// through with [`change_to`].
+async fn leader_takes_change_deafened(
+    machines: &Machines,
+    members: &[NodeId],
+) -> (NodeHandle, JoinHandle<()>) {
+    for _ in 0..10 {
+        let leader = machines.leader().await;
+        machines.deafen(leader.id());
+        let call = {
+            let leader = leader.clone();
+            let members = members.to_vec();
+            tokio::spawn(async move { leader.reconfigure(members).await })
+        };
+        // Deaf, it steps down after an election timeout; watch for either.
+        let seen = leader
+            .wait_for(Duration::from_secs(20), |m| {
+                m.reconfiguring || m.role != Some(Role::Leader)
+            })
+            .await
+            .expect("a leader's metrics change within 20 s");
+        if seen.reconfiguring {
+            let live = Arc::clone(&machines.live);
+            let members = members.to_vec();
+            let finishing = tokio::spawn(async move {
+                // Its outcome is unknown until the leader hears or stops;
+                // `change_to` settles it.
+                let _ = call.await;
+                change_to(&live, &members).await;
+            });
+            return (leader, finishing);
+        }
+        // It lost the lead first: try again with the next leader.
+        eprintln!("{} stopped leading before it took the change", leader.id());
+        machines.reconnect(leader.id());
+        let _ = call.await;
     }
-    acked
+    panic!("no leader took the change to {members:?} in 10 attempts");
 }
 
 /// Settles the group on `members`, stops every machine and checks: the
 /// members applied the same log, which holds every acknowledged command
-/// once; every other machine's log is a prefix of it.
+/// once; every other machine's log agrees with it as far as both go.
 async fn check_logs(mut machines: Machines, members: &[NodeId], acked: &[Vec<u8>]) {
     let current = machines.handles_of(members);
     let last = commit(&current, b"final").await;
@@ -251,49 +233,41 @@ async fn check_logs(mut machines: Machines, members: &[NodeId], acked: &[Vec<u8>
     for handle in &current {
         assert_eq!(handle.metrics().members, members, "{}", handle.id());
     }
-    let mut logs = BTreeMap::new();
+    let mut member_logs = Vec::new();
+    let mut others = Vec::new();
     for id in machines.nodes.keys().copied().collect::<Vec<_>>() {
-        let node = machines.nodes.remove(&id).unwrap();
-        logs.insert(id, commands_of(&node.stop().unwrap()));
-    }
-    let reference = &logs[&members[0]];
-    let distinct: BTreeSet<&Vec<u8>> = reference.iter().collect();
-    assert_eq!(distinct.len(), reference.len(), "a command applied twice");
-    for command in acked {
-        assert!(
-            distinct.contains(command),
-            "acknowledged command {command:?} lost"
-        );
-    }
-    for (id, log) in &logs {
-        if members.contains(id) {
-            assert_eq!(log, reference, "member {id} applied a different log");
+        let machine = machines.nodes.remove(&id).unwrap().stop().unwrap();
+        if members.contains(&id) {
+            member_logs.push(machine);
         } else {
-            assert_eq!(
-                &log[..],
-                &reference[..log.len().min(reference.len())],
-                "removed replica {id} diverged"
-            );
+            others.push((id, machine));
         }
     }
+    let reference = assert_same_logs(&member_logs);
+    assert_contains_all(&reference, acked);
+    for (id, machine) in &others {
+        assert_prefix(machine, &reference, &format!("removed replica {id}"));
+    }
 }
+
+/// Commands the clients must get acknowledged between two steps of a
+/// test, so every step happens under load.
+const PROGRESS: usize = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_replace_and_remove_under_load_lose_nothing_acknowledged() {
     let machines = Machines::start_all();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = spawn_clients(&machines.live, &stop);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let clients = Clients::spawn(6, &machines.live);
+    clients.progress(PROGRESS).await;
 
     // Add n4, replace n3 by n5, remove n1: a new set each time, while the
     // clients keep proposing.
     let steps: [&[u64]; 3] = [&[1, 2, 3, 4], &[1, 2, 4, 5], &[2, 4, 5]];
     for step in steps {
         change_to(&machines.live, &ids(step)).await;
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        clients.progress(PROGRESS).await;
     }
-    let acked = stop_clients(&stop, clients).await;
-    assert!(acked.len() > 100, "too little progress: {}", acked.len());
+    let acked = clients.stop().await;
     // n4 and n5 joined long after the others had compacted their logs: they
     // came in through a snapshot carrying the membership.
     let installed: u64 = machines
@@ -308,42 +282,48 @@ async fn add_replace_and_remove_under_load_lose_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_of_the_replica_being_added_or_removed_and_of_the_leader_lose_nothing() {
     let mut machines = Machines::start_all();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients = spawn_clients(&machines.live, &stop);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let clients = Clients::spawn(6, &machines.live);
+    clients.progress(PROGRESS).await;
 
     // n4 is added while it is down: the other three are a majority of
     // {1,2,3,4}; it catches up from its disk and its peers afterwards.
     machines.stop(NodeId(4));
     change_to(&machines.live, &ids(&[1, 2, 3, 4])).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    clients.progress(PROGRESS).await;
     machines.restart(NodeId(4));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    clients.progress(PROGRESS).await;
 
-    // n2 is removed and stopped in the middle of the change.
-    let live = Arc::clone(&machines.live);
-    let removing = tokio::spawn(async move { change_to(&live, &ids(&[1, 3, 4])).await });
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    machines.stop(NodeId(2));
+    // n2 is removed, and stopped after the leader took the change and
+    // before it is in force (if n2 leads, that is the leader stopped too).
+    let (leader, removing) = leader_takes_change_deafened(&machines, &ids(&[1, 3, 4])).await;
+    let n2 = machines.stop(NodeId(2));
+    if leader.id() != NodeId(2) {
+        machines.reconnect(leader.id());
+    }
+    assert!(
+        n2.metrics().members.contains(&NodeId(2)),
+        "n2 stopped after its removal was in force: {:?}",
+        n2.metrics()
+    );
     removing.await.unwrap();
     machines.restart(NodeId(2));
+    clients.progress(PROGRESS).await;
 
-    // The leader is stopped right after it takes a change (replace n3 by
-    // n5); the next leader finishes it, or the retry does.
-    let leader = machines.leader();
-    let live = Arc::clone(&machines.live);
-    let replacing = tokio::spawn(async move { change_to(&live, &ids(&[1, 4, 5])).await });
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    if let Some(leader) = leader {
-        machines.stop(leader);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        machines.restart(leader);
-    }
+    // The leader is stopped right after it sent a change (replace n3 by
+    // n5), before it learned of any acceptance; the next leader finishes
+    // it, or the retry does, while the old leader is down.
+    let (leader, replacing) = leader_takes_change_deafened(&machines, &ids(&[1, 4, 5])).await;
+    let stopped = machines.stop(leader.id());
+    assert_eq!(
+        stopped.metrics().members,
+        ids(&[1, 3, 4]),
+        "the leader stopped after the change was in force"
+    );
     replacing.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    machines.restart(leader.id());
+    clients.progress(PROGRESS).await;
 
-    let acked = stop_clients(&stop, clients).await;
-    assert!(acked.len() > 100, "too little progress: {}", acked.len());
+    let acked = clients.stop().await;
     check_logs(machines, &ids(&[1, 4, 5]), &acked).await;
 }
 

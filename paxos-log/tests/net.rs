@@ -9,7 +9,7 @@
 //! the server keeps working; the filtering test checks through the
 //! replica's promised ballot that dropped envelopes never reach it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod cluster;
-use cluster::{commands_of, commit, wait_applied, wait_for_leader, LogMachine};
+use cluster::{assert_prefix, assert_same_logs, commit, wait_applied, wait_for_leader, LogMachine};
 
 const GROUP: u64 = 42;
 
@@ -72,6 +72,19 @@ async fn bounded<F: Future>(limit: Duration, body: F) -> F::Output {
     tokio::time::timeout(limit, body)
         .await
         .expect("test timed out")
+}
+
+/// Runs `send` on a plain thread, like the driver's sends, and resolves
+/// when it returns. The test awaits it instead of joining the thread, so
+/// `bounded` still fails the test if `send` blocks (leaving the thread).
+async fn on_plain_thread(send: impl FnOnce() + Send + 'static) {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
+        send();
+        let _ = done_tx.send(());
+    });
+    done_rx.await.expect("the sending thread panicked");
+    thread.join().expect("the sending thread ends");
 }
 
 /// One replica: its node, its server, and its transport's address book.
@@ -218,20 +231,72 @@ async fn three_replicas_agree_over_tcp() {
             machines.push(machine);
         }
         assert_no_tasks_left().await;
-        let reference = commands_of(&machines[0]);
-        assert_eq!(reference.len(), 200);
-        assert_eq!(
-            reference.iter().collect::<BTreeSet<_>>().len(),
-            200,
-            "no command applied twice"
-        );
-        for machine in &machines[1..] {
-            assert_eq!(
-                commands_of(machine),
-                reference,
-                "replicas applied different logs"
-            );
+        assert_eq!(assert_same_logs(&machines).len(), 200);
+    })
+    .await;
+}
+
+/// Membership change over TCP: the transports learn the added replica's
+/// address with `set_peer` (without it, nothing reaches n4 and it never
+/// catches up), and forget the removed one with `remove_peer`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_added_over_tcp_is_reached_once_its_address_is_set() {
+    bounded(Duration::from_secs(60), async {
+        let net = limits();
+        let (listeners, mut addrs) = bind_all(&net).await;
+        let mut members_: Vec<Member> = members()
+            .into_iter()
+            .zip(listeners)
+            .map(|(id, listener)| start_member(id, MemAcceptorStore::new(), listener, &addrs, &net))
+            .collect();
+        // n4 is not in the genesis {n1, n2, n3}; it knows their addresses,
+        // they do not know its own yet.
+        let listener = PeerListener::bind(loopback(), net.clone())
+            .await
+            .expect("bind 127.0.0.1:0");
+        let n4_addr = listener.local_addr();
+        addrs.insert(NodeId(4), n4_addr);
+        members_.push(start_member(
+            NodeId(4),
+            MemAcceptorStore::new(),
+            listener,
+            &addrs,
+            &net,
+        ));
+        let handles: Vec<NodeHandle> = members_.iter().map(|m| m.node.handle()).collect();
+        for i in 0..20u8 {
+            commit(&handles[..3], &[i]).await;
         }
+
+        for member in &members_[..3] {
+            member.transport.set_peer(NodeId(4), n4_addr);
+        }
+        let leader = wait_for_leader(&handles[..3]).await;
+        let new_members = vec![NodeId(1), NodeId(2), NodeId(4)];
+        leader
+            .reconfigure(new_members.clone())
+            .await
+            .expect("the change is in force");
+        for member in &members_ {
+            member.transport.remove_peer(NodeId(3));
+        }
+        let stopped = members_.remove(2);
+        stop_member(stopped).await;
+
+        let current: Vec<NodeHandle> = members_.iter().map(|m| m.node.handle()).collect();
+        let mut last = 0;
+        for i in 20..40u8 {
+            last = commit(&current, &[i]).await;
+        }
+        wait_applied(&current, last).await;
+        for handle in &current {
+            assert_eq!(handle.metrics().members, new_members, "{}", handle.id());
+        }
+        let mut machines = Vec::new();
+        for member in members_ {
+            machines.push(stop_member(member).await.0);
+        }
+        assert_eq!(assert_same_logs(&machines).len(), 40);
     })
     .await;
 }
@@ -360,16 +425,10 @@ async fn restarted_follower_reconnects_and_catches_up() {
             assert_eq!(stats.connections.connection_panics, 0, "{stats:?}");
             machines.push(machine);
         }
-        let reference = commands_of(&machines[0]);
+        let reference = assert_same_logs(&machines);
         assert_eq!(reference.len(), 71, "20 + 50 + 1 commands");
-        assert_eq!(commands_of(&machines[1]), reference, "replicas diverged");
         assert_no_tasks_left().await;
-        let third_log = commands_of(&third_machine);
-        assert_eq!(
-            third_log[..],
-            reference[..third_log.len()],
-            "the stopped replica diverged"
-        );
+        assert_prefix(&third_machine, &reference, "the stopped replica");
     })
     .await;
 }
@@ -643,17 +702,15 @@ async fn sender_drops_messages_over_the_frame_limit() {
             GROUP,
             net.clone(),
         );
-        // Sent from a plain thread, like the driver's.
         let transport = Arc::new(transport);
         let sender = Arc::clone(&transport);
-        std::thread::spawn(move || {
+        on_plain_thread(move || {
             sender.send(vec![
                 big_envelope(1, net.max_frame_bytes),
                 prepare(1_000_000, 1),
             ]);
         })
-        .join()
-        .expect("sender thread");
+        .await;
         // The message after the oversized one still arrives, on a healthy
         // connection.
         handle
@@ -701,20 +758,14 @@ async fn send_never_blocks_on_a_dead_peer() {
         // A send that blocked on the full queue of a peer that never drains
         // would never return; the bound only catches that, not slowness.
         let sender = Arc::clone(&transport);
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
+        on_plain_thread(move || {
             for round in 0..1_000u64 {
                 sender.send((0..100).map(|_| prepare(round, 2)).collect());
                 // And one for a peer the transport does not know.
                 sender.send(vec![prepare(round, 9)]);
             }
-            let _ = done_tx.send(());
-        });
-        assert!(
-            done_rx.recv_timeout(Duration::from_secs(60)).is_ok(),
-            "send blocked on a dead peer"
-        );
-        thread.join().expect("sender thread");
+        })
+        .await;
         let stats = transport.stats();
         assert_eq!(
             stats.envelopes_queued + stats.envelopes_dropped_queue_full,

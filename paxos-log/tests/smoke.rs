@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use paxos_log::{
-    AcceptorStore, Config, Envelope, MemAcceptorStore, NodeId, Replica, Role, Slot, Value,
+    AcceptorStore, Config, Envelope, MemAcceptorStore, NodeId, ReadReady, Replica, Role, Slot,
+    Value,
 };
 
 struct Cluster {
@@ -35,34 +36,59 @@ impl Cluster {
         }
     }
 
+    /// Carries out replica `id`'s `Ready`: sends its messages, persists,
+    /// sends what waited for the write, records what was chosen, and
+    /// advances. Returns the reads it completed.
+    fn carry_out(&mut self, id: NodeId) -> Vec<ReadReady> {
+        let ready = self.replicas.get_mut(&id).unwrap().ready();
+        self.network.extend(ready.messages);
+        self.stores
+            .get_mut(&id)
+            .unwrap()
+            .persist(&ready.persist)
+            .unwrap();
+        self.network.extend(ready.persisted_messages);
+        let applied = self.applied.entry(id).or_default();
+        applied.extend(ready.chosen.into_iter().map(|e| (e.slot, e.value)));
+        self.replicas.get_mut(&id).unwrap().advance();
+        ready.reads
+    }
+
+    /// Carries out the `Ready` of every replica that has one; returns the
+    /// reads they completed, or `None` if none had one.
+    fn carry_out_all(&mut self) -> Option<Vec<ReadReady>> {
+        let ready: Vec<NodeId> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.has_ready())
+            .map(|(&id, _)| id)
+            .collect();
+        if ready.is_empty() {
+            return None;
+        }
+        Some(
+            ready
+                .into_iter()
+                .flat_map(|id| self.carry_out(id))
+                .collect(),
+        )
+    }
+
+    /// Delivers every message in flight; returns whether there was any.
+    fn deliver_all(&mut self) -> bool {
+        let mut delivered = false;
+        while let Some(envelope) = self.network.pop_front() {
+            delivered = true;
+            self.replicas.get_mut(&envelope.to).unwrap().step(envelope);
+        }
+        delivered
+    }
+
     /// Runs every replica's Ready and delivers messages until quiet.
     fn settle(&mut self) {
         for _ in 0..10_000 {
-            let mut progressed = false;
-            for (&id, replica) in self.replicas.iter_mut() {
-                if !replica.has_ready() {
-                    continue;
-                }
-                progressed = true;
-                let ready = replica.ready();
-                self.network.extend(ready.messages);
-                self.stores
-                    .get_mut(&id)
-                    .unwrap()
-                    .persist(&ready.persist)
-                    .unwrap();
-                self.network.extend(ready.persisted_messages);
-                let applied = self.applied.entry(id).or_default();
-                for entry in ready.chosen {
-                    applied.push((entry.slot, entry.value));
-                }
-                replica.advance();
-            }
-            while let Some(envelope) = self.network.pop_front() {
-                progressed = true;
-                self.replicas.get_mut(&envelope.to).unwrap().step(envelope);
-            }
-            if !progressed {
+            let ran = self.carry_out_all().is_some();
+            if !self.deliver_all() && !ran {
                 return;
             }
         }
@@ -140,54 +166,12 @@ fn reads_are_confirmed_by_a_quorum() {
     let replica = cluster.replicas.get_mut(&leader).unwrap();
     replica.propose(b"x".to_vec()).unwrap();
     replica.read_index(7).unwrap();
-    let ready = replica.ready();
-    assert!(ready.reads.is_empty(), "a read needs a quorum round first");
-    cluster.network.extend(ready.messages);
-    cluster
-        .stores
-        .get_mut(&leader)
-        .unwrap()
-        .persist(&ready.persist)
-        .unwrap();
-    cluster.network.extend(ready.persisted_messages);
-    cluster.replicas.get_mut(&leader).unwrap().advance();
+    let reads = cluster.carry_out(leader);
+    assert!(reads.is_empty(), "a read needs a quorum round first");
     let mut reads = Vec::new();
     for _ in 0..100 {
-        while let Some(envelope) = cluster.network.pop_front() {
-            cluster
-                .replicas
-                .get_mut(&envelope.to)
-                .unwrap()
-                .step(envelope);
-        }
-        let replica = cluster.replicas.get_mut(&leader).unwrap();
-        if replica.has_ready() {
-            let ready = replica.ready();
-            reads.extend(ready.reads);
-            cluster.network.extend(ready.messages);
-            cluster
-                .stores
-                .get_mut(&leader)
-                .unwrap()
-                .persist(&ready.persist)
-                .unwrap();
-            cluster.network.extend(ready.persisted_messages);
-            cluster.replicas.get_mut(&leader).unwrap().advance();
-        }
-        for (&id, r) in cluster.replicas.iter_mut() {
-            if id != leader && r.has_ready() {
-                let ready = r.ready();
-                cluster.network.extend(ready.messages);
-                cluster
-                    .stores
-                    .get_mut(&id)
-                    .unwrap()
-                    .persist(&ready.persist)
-                    .unwrap();
-                cluster.network.extend(ready.persisted_messages);
-                r.advance();
-            }
-        }
+        cluster.deliver_all();
+        reads.extend(cluster.carry_out_all().unwrap_or_default());
     }
     assert_eq!(reads.len(), 1);
     assert_eq!(reads[0].read_id, 7);

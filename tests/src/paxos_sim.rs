@@ -35,9 +35,12 @@
 //! machine), read linearizability, state machine = chosen log prefix
 //! (after every snapshot install and restart, and at the end), compaction
 //! never beyond what was applied nor beyond the durable snapshot, no
-//! candidate leading on a promise that compacted its first open slot,
-//! configuration agreement (every replica's configurations of the slots of
-//! its α-window are the ones the chosen log decides) and validity of
+//! replica leading at a ballot after it received, as candidate or leader of
+//! that ballot, a promise that compacted its first open slot (checked at
+//! every later look at its role, until it crashes), configuration
+//! agreement (every replica's configurations of the slots of its α-window
+//! are the ones the chosen log decides: the checker derives them from the
+//! chosen log itself, not through `paxos_log::Membership`) and validity of
 //! membership changes (only member sets a leader took are chosen); and,
 //! once the faults stop, liveness (a leader is elected and a fresh proposal
 //! is chosen on every replica within `Scenario::liveness_ticks`, also for

@@ -1,16 +1,19 @@
 //! Helpers shared by the controller's integration tests: a simulated admin
 //! cluster that drives a `ControllerStateMachine` through its byte interface
-//! (exactly as `paxos-log` would), and checks on configurations.
+//! (exactly as `paxos-log` would), checks on configurations, and the
+//! randomness, node ids, network limits and random changes of the fault and
+//! SIGKILL tests.
 
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use controller::{
     decode, encode, ClientId, ConfigNum, Configuration, ControllerCommand, ControllerOp,
     ControllerQuery, ControllerReply, ControllerStateMachine, Gid, ShardId,
 };
-use paxos_log::StateMachine;
+use paxos_log::{NetLimits, NodeId, StateMachine};
 
 /// A controller state machine fed through `apply`/`read` bytes, with
 /// per-client sequence numbers and increasing slots.
@@ -112,17 +115,14 @@ pub fn addresses(gid: Gid) -> Vec<String> {
         .collect()
 }
 
-/// Shard count per group of `config` (groups with none included).
-pub fn counts(config: &Configuration) -> BTreeMap<Gid, usize> {
-    config.shard_counts()
-}
-
-/// Asserts the configuration invariants and that counts differ by <= 1.
+/// Asserts the configuration invariants (which include: with no group
+/// every shard is unowned, otherwise every shard is owned by a group) and
+/// that the groups' shard counts differ by at most one.
 pub fn assert_balanced(config: &Configuration) {
     config
         .check()
         .unwrap_or_else(|err| panic!("config {}: {err}", config.num));
-    let counts = counts(config);
+    let counts = config.shard_counts();
     if let (Some(min), Some(max)) = (counts.values().min(), counts.values().max()) {
         assert!(
             max - min <= 1,
@@ -161,6 +161,81 @@ pub fn gids(config: &Configuration) -> BTreeSet<Gid> {
     config.groups.keys().copied().collect()
 }
 
+/// The configuration a successful change created; `None` for a refusal
+/// (or a query's answer).
+pub fn reply_num(reply: &ControllerReply) -> Option<ConfigNum> {
+    match reply {
+        ControllerReply::Changed { num } | ControllerReply::Split { num, .. } => Some(*num),
+        _ => None,
+    }
+}
+
+/// The id of replica `index` (0-based) of a test cluster: `index + 1`.
+pub fn node_id(index: usize) -> NodeId {
+    NodeId(u64::try_from(index).expect("index fits u64") + 1)
+}
+
+/// Network limits of the service tests: the defaults, except that a
+/// restarted replica is reconnected to quickly.
+pub fn net() -> NetLimits {
+    NetLimits {
+        backoff_max: Duration::from_millis(100),
+        ..NetLimits::default()
+    }
+}
+
+/// Random changes of one client that are valid whatever other clients do
+/// and whatever became of the client's own earlier changes: it joins fresh
+/// gids, leaves and moves shards only to gids the caller says it has
+/// joined, and splits only at keys the caller makes unique. Updating the
+/// joined set after each reply is the caller's business.
+#[derive(Debug, Clone)]
+pub struct RandomOps {
+    /// The first gid of the next Join.
+    pub next_gid: Gid,
+    /// Most gids the client keeps joined at once.
+    pub max_joined: usize,
+    /// Shards of configuration 0: a Move picks a shard id below this.
+    pub shards: u32,
+}
+
+impl RandomOps {
+    /// The next change: a Join of one or two fresh gids (always when
+    /// `joined` is empty, else in 4 of 10 draws while fewer than
+    /// `max_joined` are joined), a Leave of one gid of `joined`, a Move of a
+    /// random pre-split shard to one of them, or a Split at `split_key`
+    /// (unique, and never a pre-split boundary, e.g. longer than one byte).
+    pub fn next(
+        &mut self,
+        rng: &mut SplitMix64,
+        joined: &BTreeSet<Gid>,
+        split_key: Vec<u8>,
+    ) -> ControllerOp {
+        let roll = rng.below(10);
+        if joined.is_empty() || (roll < 4 && joined.len() < self.max_joined) {
+            let count = 1 + rng.below(2);
+            let groups = (self.next_gid..self.next_gid + count)
+                .map(|gid| (gid, addresses(gid)))
+                .collect();
+            self.next_gid += count;
+            return ControllerOp::Join { groups };
+        }
+        let gids: Vec<Gid> = joined.iter().copied().collect();
+        if roll < 6 {
+            ControllerOp::Leave {
+                gids: vec![gids[rng.index(gids.len())]],
+            }
+        } else if roll < 8 {
+            ControllerOp::Move {
+                shard: rng.below(u64::from(self.shards)),
+                gid: gids[rng.index(gids.len())],
+            }
+        } else {
+            ControllerOp::Split { key: split_key }
+        }
+    }
+}
+
 /// SplitMix64: a tiny seedable generator for fault schedules and client
 /// choices in the fault tests (not for anything that needs quality).
 #[derive(Debug, Clone)]
@@ -188,8 +263,31 @@ impl SplitMix64 {
     }
 
     /// Uniform duration in `[low, high)` milliseconds.
-    pub fn millis(&mut self, low: u64, high: u64) -> std::time::Duration {
-        std::time::Duration::from_millis(low + self.below(high - low))
+    pub fn millis(&mut self, low: u64, high: u64) -> Duration {
+        Duration::from_millis(low + self.below(high - low))
+    }
+}
+
+/// Prints the seed again if the test panics, so that it is at the end of the
+/// failure output.
+pub struct SeedReport {
+    /// What failed, e.g. the test or scenario name.
+    pub name: String,
+    /// The environment variable that replays the seed.
+    pub env: &'static str,
+    /// The seed the test ran with.
+    pub seed: u64,
+}
+
+impl Drop for SeedReport {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "{} FAILED; rerun the same random choices with {}={} (thread scheduling is not \
+                 seeded)",
+                self.name, self.env, self.seed
+            );
+        }
     }
 }
 

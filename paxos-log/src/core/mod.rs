@@ -39,7 +39,7 @@ use tracing::{debug, error};
 
 use crate::config::Config;
 use crate::error::{ConfigError, ProposeError};
-use crate::membership::{validate_members, Membership};
+use crate::membership::{majority, validate_members, Membership};
 use crate::message::{Envelope, Message};
 use crate::ready::{PersistOp, ReadReady, Ready};
 use crate::store::RecoveredState;
@@ -302,6 +302,11 @@ impl Replica {
         Ok(replica)
     }
 
+    /// The settings it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// This replica's id.
     pub fn id(&self) -> NodeId {
         self.config.node_id
@@ -401,12 +406,14 @@ impl Replica {
 
     /// The state machine installed a snapshot covering every slot up to
     /// `slot` (received from a peer because this replica fell behind the
-    /// peers' compacted logs), saved with `membership`. Slots up to it
-    /// count as chosen and applied.
-    pub fn install_snapshot(&mut self, slot: Slot, membership: Membership) {
+    /// peers' compacted logs), saved with `membership` (`None`: from a
+    /// group that never compacted a change away, the genesis members).
+    /// Slots up to it count as chosen and applied.
+    pub fn install_snapshot(&mut self, slot: Slot, membership: Option<Membership>) {
         if slot <= self.emitted_upto {
             return;
         }
+        let membership = membership.unwrap_or_else(|| Membership::genesis(&self.config.members));
         if let Err(error) = membership.validate() {
             // The driver validates before restoring; a bad one here is a
             // bug there, and using it could split quorums.
@@ -511,25 +518,26 @@ impl Replica {
     /// yet in force.
     pub fn reconfiguring(&self) -> bool {
         self.reconfig_queued.is_some()
-            || self
-                .proposals
-                .values()
-                .any(|p| matches!(p.value, Value::Reconfigure(_)))
+            || self.unrecorded_change().is_some()
             || self.membership.changes_after(self.chosen_upto + 1)
-            || self.chosen_change_above_prefix()
     }
 
-    /// Whether a change is known chosen above a gap: not in flight any
-    /// more, and not yet recorded (changes are recorded in slot order).
-    fn chosen_change_above_prefix(&self) -> bool {
-        self.log.range(self.chosen_upto + 1..).any(|(_, state)| {
-            matches!(
-                state,
-                SlotState::Chosen {
-                    value: Value::Reconfigure(_)
-                }
-            )
-        })
+    /// The slot of the latest membership change not yet in `membership`:
+    /// in flight, or known chosen above a gap (changes are recorded in slot
+    /// order, as the prefix reaches them).
+    fn unrecorded_change(&self) -> Option<Slot> {
+        let is_change = |value: &Value| matches!(value, Value::Reconfigure(_));
+        let in_flight = self
+            .proposals
+            .iter()
+            .filter(|(_, p)| is_change(&p.value))
+            .map(|(&slot, _)| slot);
+        let chosen = self
+            .log
+            .range(self.chosen_upto + 1..)
+            .filter(|(_, state)| matches!(state, SlotState::Chosen { value } if is_change(value)))
+            .map(|(&slot, _)| slot);
+        in_flight.chain(chosen).max()
     }
 
     /// Starts a linearizable read. When leadership is confirmed, a
@@ -758,7 +766,7 @@ impl Replica {
             .iter()
             .filter(|m| self.promises.get(m).is_some_and(|p| p.first_slot <= slot))
             .count();
-        promised >= quorum_of(members)
+        promised >= majority(members)
     }
 
     fn observe(&mut self, ballot: Ballot) {
@@ -833,11 +841,6 @@ impl Replica {
             }
         }
     }
-}
-
-/// Votes needed among `members`.
-fn quorum_of(members: &[NodeId]) -> usize {
-    members.len() / 2 + 1
 }
 
 /// Records a change chosen in `chosen_in`. Only valid member sets are ever

@@ -20,7 +20,8 @@
 
 use tracing::{debug, info};
 
-use super::{quorum_of, PromiseInfo, Proposal, Replica, Role, SlotState};
+use super::{PromiseInfo, Proposal, Replica, Role, SlotState};
+use crate::membership::majority;
 use crate::message::{Message, PromisedSlot, SlotValue};
 use crate::ready::{PersistOp, ReadReady};
 use crate::types::{Ballot, NodeId, Slot, Value};
@@ -223,16 +224,10 @@ impl Replica {
     /// Whether a membership change chosen or in flight governs only slots
     /// after `slot`.
     fn change_not_in_force_at(&self, slot: Slot) -> bool {
-        let window = self.config.reconfig_window_slots;
-        let governs_later =
-            |r: Slot, value: &Value| matches!(value, Value::Reconfigure(_)) && r + window > slot;
         self.membership.changes_after(slot)
-            || self.proposals.iter().any(|(&r, p)| governs_later(r, &p.value))
-            // Chosen above a gap: no longer in flight, not yet recorded.
             || self
-                .log
-                .range(self.chosen_upto + 1..)
-                .any(|(&r, state)| matches!(state, SlotState::Chosen { value } if governs_later(r, value)))
+                .unrecorded_change()
+                .is_some_and(|r| r + self.config.reconfig_window_slots > slot)
     }
 
     /// Proposes every slot the window, the pipeline and the promises allow.
@@ -389,7 +384,7 @@ impl Replica {
             if !members.contains(&from) {
                 continue;
             }
-            let quorum = quorum_of(members);
+            let quorum = majority(members);
             let leader_votes = members.contains(&me);
             let Some(proposal) = self.proposals.get_mut(slot) else {
                 continue;
@@ -456,7 +451,7 @@ impl Replica {
                         m == me || self.last_heard_at.get(&m).is_some_and(|&at| at >= since)
                     })
                     .count();
-                alive < quorum_of(members)
+                alive < majority(members)
             });
             if quiet {
                 self.step_down(None);
@@ -553,7 +548,7 @@ impl Replica {
                 .map(|m| self.acked_probe.get(m).copied().unwrap_or(0))
                 .collect();
             acked.sort_unstable_by(|a, b| b.cmp(a));
-            let Some(&round) = acked.get(quorum_of(members) - 1) else {
+            let Some(&round) = acked.get(majority(members) - 1) else {
                 return;
             };
             confirmed = confirmed.min(round);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use storage::snapshot::{SnapshotInfo, SnapshotStore};
 use storage::StorageError;
 
-use crate::membership::Membership;
+use crate::membership::{Membership, MEMBERS_MAX};
 use crate::message::{Envelope, Message};
 use crate::types::{NodeId, Slot};
 
@@ -32,6 +32,8 @@ pub(super) struct Snapshots {
     resend_after: Duration,
     /// The slot of the newest durable snapshot (0: none).
     last_slot: Slot,
+    /// The membership saved with it, sent with its first chunk.
+    last_membership: Option<Membership>,
     sent_at: BTreeMap<NodeId, Instant>,
     incoming: BTreeMap<NodeId, Incoming>,
 }
@@ -58,9 +60,10 @@ struct Incoming {
 }
 
 /// The snapshot file's meta: the membership, bincode-encoded (empty: none).
-fn encode_membership(membership: &Membership) -> Vec<u8> {
-    // Encoding plain integers and vectors into memory cannot fail.
-    bincode::serialize(membership).unwrap_or_default()
+fn encode_membership(membership: &Membership) -> Result<Vec<u8>, StorageError> {
+    bincode::serialize(membership).map_err(|e| {
+        StorageError::InvalidArgument(format!("encoding the snapshot's membership: {e}"))
+    })
 }
 
 fn decode_membership(info: &SnapshotInfo) -> Result<Option<Membership>, StorageError> {
@@ -105,6 +108,7 @@ impl Snapshots {
             bytes_max,
             resend_after,
             last_slot: latest.as_ref().map_or(0, |latest| latest.slot),
+            last_membership: latest.as_ref().and_then(|latest| latest.membership.clone()),
             sent_at: BTreeMap::new(),
             incoming: BTreeMap::new(),
         };
@@ -120,15 +124,19 @@ impl Snapshots {
     pub(super) fn save(
         &mut self,
         slot: Slot,
-        membership: &Membership,
+        membership: Option<&Membership>,
         data: &[u8],
     ) -> Result<(), StorageError> {
-        let mut writer = self.store.begin(slot, &encode_membership(membership))?;
-        for chunk in data.chunks(self.chunk_bytes) {
-            writer.write_chunk(chunk)?;
-        }
+        let meta = match membership {
+            Some(membership) => encode_membership(membership)?,
+            None => Vec::new(),
+        };
+        let mut writer = self.store.begin(slot, &meta)?;
+        // The writer cuts its own chunks.
+        writer.write_chunk(data)?;
         writer.finish()?;
         self.last_slot = slot;
+        self.last_membership = membership.cloned();
         self.store.remove_older_than(slot)?;
         Ok(())
     }
@@ -150,8 +158,7 @@ impl Snapshots {
             return Ok(Vec::new());
         }
         self.sent_at.insert(peer, now);
-        let info = self.store.verify(self.last_slot)?;
-        let membership = decode_membership(&info)?;
+        let membership = self.last_membership.clone();
         let data = read_all(&self.store, self.last_slot)?;
         let total_bytes = data.len() as u64;
         let mut offset = 0u64;
@@ -195,15 +202,21 @@ impl Snapshots {
             return None;
         }
         if offset == 0 {
-            // A new transfer replaces whatever was partly received.
-            let capacity = usize::try_from(total_bytes).unwrap_or(0);
+            // A new transfer replaces whatever was partly received from the
+            // same peer. Senders are not checked against the membership (a
+            // lagging replica may not know its leader's), so the number of
+            // transfers is capped, and memory grows only with bytes that
+            // really arrived, never with what a sender claims.
+            if !self.incoming.contains_key(&from) && self.incoming.len() >= MEMBERS_MAX {
+                return None;
+            }
             self.incoming.insert(
                 from,
                 Incoming {
                     slot,
                     total_bytes,
                     membership,
-                    data: Vec::with_capacity(capacity),
+                    data: Vec::new(),
                 },
             );
         }

@@ -6,42 +6,46 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tarpc::client::{self, NewClient};
 use tarpc::context;
-use tarpc::{ClientMessage, Response};
-use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
 use crate::message::Envelope;
-use crate::net::codec::{framed, wire_size, WireCodec, REQUEST_OVERHEAD_BYTES};
-use crate::net::rpc::{PaxosPeerClient, PaxosPeerRequest, PaxosPeerResponse};
+use crate::net::codec::{connect_framed, wire_size, REQUEST_OVERHEAD_BYTES};
+use crate::net::rpc::PaxosPeerClient;
 use crate::net::NetLimits;
 use crate::transport::Transport;
 use crate::types::NodeId;
 
-type ClientTransport = tarpc::serde_transport::Transport<
-    TcpStream,
-    Response<PaxosPeerResponse>,
-    ClientMessage<PaxosPeerRequest>,
-    WireCodec,
->;
-
 /// Sends envelopes to peers over TCP with tarpc. See the [module
 /// docs](crate::net) for the design.
 ///
-/// Dropping it stops every peer task (queued envelopes are lost, as on any
-/// crash).
+/// The peer set follows the group's membership: [`TarpcTransport::set_peer`]
+/// and [`TarpcTransport::remove_peer`] add, move and drop peers while the
+/// replica runs (a replica added by `NodeHandle::reconfigure` is reachable
+/// once its address is set). Dropping the transport stops every peer task
+/// (queued envelopes are lost, as on any crash).
 #[derive(Debug)]
 pub struct TarpcTransport {
-    queues: BTreeMap<NodeId, mpsc::Sender<Envelope>>,
-    tasks: Vec<AbortHandle>,
+    peers: RwLock<BTreeMap<NodeId, PeerQueue>>,
+    runtime: Handle,
+    group: u64,
+    limits: NetLimits,
     counters: Arc<Counters>,
+}
+
+/// The sending end of one peer's task.
+#[derive(Debug)]
+struct PeerQueue {
+    addr: SocketAddr,
+    queue: mpsc::Sender<Envelope>,
+    task: AbortHandle,
 }
 
 impl TarpcTransport {
@@ -56,28 +60,53 @@ impl TarpcTransport {
         group: u64,
         limits: NetLimits,
     ) -> TarpcTransport {
-        let counters = Arc::new(Counters::default());
-        let mut queues = BTreeMap::new();
-        let mut tasks = Vec::new();
+        let transport = TarpcTransport {
+            peers: RwLock::new(BTreeMap::new()),
+            runtime: runtime.clone(),
+            group,
+            limits,
+            counters: Arc::new(Counters::default()),
+        };
         for (peer, addr) in peers {
-            let (queue, receiver) = mpsc::channel(limits.peer_queue_depth.max(1));
-            let task = runtime.spawn(run_peer(
-                PeerLink {
-                    peer,
-                    addr,
-                    group,
-                    limits: limits.clone(),
-                    counters: Arc::clone(&counters),
-                },
-                receiver,
-            ));
-            tasks.push(task.abort_handle());
-            queues.insert(peer, queue);
+            transport.set_peer(peer, addr);
         }
-        TarpcTransport {
-            queues,
-            tasks,
-            counters,
+        transport
+    }
+
+    /// Sends to `peer` at `addr` from now on: a new peer gets its own task;
+    /// a peer at a new address gets a fresh one (envelopes queued for the
+    /// old address are dropped, as a lossy network may).
+    pub fn set_peer(&self, peer: NodeId, addr: SocketAddr) {
+        let mut peers = self.peers.write().unwrap_or_else(PoisonError::into_inner);
+        if peers.get(&peer).is_some_and(|known| known.addr == addr) {
+            return;
+        }
+        let (queue, receiver) = mpsc::channel(self.limits.peer_queue_depth.max(1));
+        let task = self.runtime.spawn(run_peer(
+            PeerLink {
+                peer,
+                addr,
+                group: self.group,
+                limits: self.limits.clone(),
+                counters: Arc::clone(&self.counters),
+            },
+            receiver,
+        ));
+        let link = PeerQueue {
+            addr,
+            queue,
+            task: task.abort_handle(),
+        };
+        if let Some(old) = peers.insert(peer, link) {
+            old.task.abort();
+        }
+    }
+
+    /// Stops sending to `peer` (a replica removed from the group).
+    pub fn remove_peer(&self, peer: NodeId) {
+        let mut peers = self.peers.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = peers.remove(&peer) {
+            old.task.abort();
         }
     }
 
@@ -89,25 +118,32 @@ impl TarpcTransport {
 
 impl Transport for TarpcTransport {
     fn send(&self, envelopes: Vec<Envelope>) {
-        for envelope in envelopes {
-            let Some(queue) = self.queues.get(&envelope.to) else {
-                bump(&self.counters.envelopes_dropped_unknown_peer, 1);
-                continue;
-            };
-            match queue.try_send(envelope) {
-                Ok(()) => bump(&self.counters.envelopes_queued, 1),
-                Err(TrySendError::Full(_) | TrySendError::Closed(_)) => {
-                    bump(&self.counters.envelopes_dropped_queue_full, 1);
+        let (mut queued, mut unknown, mut full) = (0, 0, 0);
+        {
+            let peers = self.peers.read().unwrap_or_else(PoisonError::into_inner);
+            for envelope in envelopes {
+                let Some(peer) = peers.get(&envelope.to) else {
+                    unknown += 1;
+                    continue;
+                };
+                match peer.queue.try_send(envelope) {
+                    Ok(()) => queued += 1,
+                    Err(TrySendError::Full(_) | TrySendError::Closed(_)) => full += 1,
                 }
             }
         }
+        // One atomic add per counter per call, not per envelope.
+        bump(&self.counters.envelopes_queued, queued);
+        bump(&self.counters.envelopes_dropped_unknown_peer, unknown);
+        bump(&self.counters.envelopes_dropped_queue_full, full);
     }
 }
 
 impl Drop for TarpcTransport {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
+        let peers = self.peers.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for peer in peers.values() {
+            peer.task.abort();
         }
     }
 }
@@ -117,16 +153,8 @@ impl Drop for TarpcTransport {
 /// current runtime until the client is dropped. Must be called within a
 /// tokio runtime.
 pub async fn connect(addr: SocketAddr, limits: &NetLimits) -> io::Result<PaxosPeerClient> {
-    let transport = open(addr, limits).await?;
+    let transport = connect_framed(addr, limits).await?;
     Ok(PaxosPeerClient::new(client::Config::default(), transport).spawn())
-}
-
-async fn open(addr: SocketAddr, limits: &NetLimits) -> io::Result<ClientTransport> {
-    let stream = tokio::time::timeout(limits.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    let _ = stream.set_nodelay(true);
-    Ok(framed(stream, limits, WireCodec::client(limits)))
 }
 
 /// What a transport has done so far.
@@ -171,7 +199,9 @@ struct Counters {
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
+    if by > 0 {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
 }
 
 fn count(len: usize) -> u64 {
@@ -224,7 +254,7 @@ async fn run_peer(link: PeerLink, mut queue: mpsc::Receiver<Envelope>) {
         let Some(first) = queue.recv().await else {
             return;
         };
-        match open(link.addr, limits).await {
+        match connect_framed(link.addr, limits).await {
             Ok(transport) => {
                 bump(&link.counters.connects, 1);
                 let NewClient { client, dispatch } =

@@ -5,6 +5,7 @@
 //! limit, wrapped to check request deadlines before tarpc sees them.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::time::Duration;
 
@@ -149,4 +150,24 @@ where
         .max_frame_length(limits.max_frame_bytes)
         .new_framed(stream);
     serde_transport::new(framing, codec)
+}
+
+/// Opens a client connection for tarpc: connects to `addr` within
+/// `limits.connect_timeout`, turns Nagle off and frames the stream with a
+/// client [`WireCodec`]. Every tarpc client of shardkv (the log's peer
+/// transport, the controller's clerk) connects through here.
+pub async fn connect_framed<Item, SinkItem>(
+    addr: SocketAddr,
+    limits: &NetLimits,
+) -> io::Result<Transport<TcpStream, Item, SinkItem, WireCodec>>
+where
+    Item: for<'de> Deserialize<'de>,
+    SinkItem: Serialize,
+{
+    let stream = tokio::time::timeout(limits.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    // Small request/response frames: latency matters more than packing.
+    let _ = stream.set_nodelay(true);
+    Ok(framed(stream, limits, WireCodec::client(limits)))
 }

@@ -1,6 +1,6 @@
 //! The network transport of the replicated log: [`TarpcTransport`] sends a
-//! replica's messages to its peers over TCP, and [`serve`] (or
-//! [`PeerListener`]) receives them and hands them to the local replica.
+//! replica's messages to its peers over TCP, and [`PeerListener`] receives
+//! them and hands them to the local replica.
 //!
 //! ```text
 //!  driver thread ──send()──► TarpcTransport: one bounded queue + one task per peer
@@ -79,7 +79,7 @@ pub mod service;
 use std::time::Duration;
 
 pub use self::client::{connect, TarpcTransport, TransportStats};
-pub use self::server::{serve, PeerListener, ServerHandle, ServerStats};
+pub use self::server::{PeerListener, ServerHandle, ServerStats};
 
 /// Default [`NetLimits::max_frame_bytes`]: 16 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;

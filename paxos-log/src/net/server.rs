@@ -71,20 +71,6 @@ impl PeerListener {
     }
 }
 
-/// Binds `addr` and serves `handle`'s replica of `group` on it: returns the
-/// bound address and the handle that stops the server. Must be called
-/// within a tokio runtime.
-pub async fn serve(
-    addr: SocketAddr,
-    handle: NodeHandle,
-    group: u64,
-    limits: NetLimits,
-) -> io::Result<(SocketAddr, ServerHandle)> {
-    let listener = PeerListener::bind(addr, limits).await?;
-    let bound = listener.local_addr();
-    Ok((bound, listener.start(handle, group)))
-}
-
 /// What a server has done so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ServerStats {

@@ -91,8 +91,8 @@ pub struct WalAcceptorStore {
     fs: FsRef,
     /// The WAL's record limit, which bounds each record this store writes.
     record_size_bytes_max: u32,
-    /// The state rebuilt at open, until the first `recover` takes it or the
-    /// first `persist` makes it stale.
+    /// The durable state as rebuilt at open or written by the last
+    /// compaction, until a `recover` takes it or a `persist` makes it stale.
     opened_state: Option<RecoveredState>,
     /// Every slot up to here is compacted away (a checkpoint says so).
     compacted_upto: Slot,
@@ -299,6 +299,9 @@ impl AcceptorStore for WalAcceptorStore {
             return Err(error);
         }
         self.compacted_upto = upto;
+        // Exactly what is durable now: a `recover` right after (the
+        // driver's start compacts, then recovers) need not read it back.
+        self.opened_state = Some(state);
         self.wal.compact_below(first_lsn)?;
         Ok(())
     }

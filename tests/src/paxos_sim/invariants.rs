@@ -13,7 +13,10 @@
 //! account of the configurations of the slots it may vote on next is
 //! checked against it ([`Checker::check_configuration`]), because a replica
 //! that counts a quorum among the wrong members can choose two values in
-//! one slot long before two values are ever reported.
+//! one slot long before two values are ever reported. The checker keeps
+//! and looks up these configurations itself, by the rule above, and never
+//! through `paxos_log::Membership`: the code under test is no reference
+//! for itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -107,10 +110,32 @@ struct ChosenRecord {
 struct GroupView {
     /// α (`Config::reconfig_window_slots`).
     window_slots: u64,
-    /// Genesis, then every `Reconfigure` chosen in slots `1..=known_upto`.
-    membership: Membership,
+    /// Each configuration with its first slot, members sorted: the genesis
+    /// members from slot 1, then, for every `Reconfigure` chosen in a slot
+    /// `r` of `1..=known_upto`, its members from `r + α` (in slot order, so
+    /// the first slots increase).
+    configs: Vec<(Slot, Vec<NodeId>)>,
     /// Every slot up to here is reported chosen (and recorded above).
     known_upto: Slot,
+}
+
+impl GroupView {
+    /// The members of the configuration that governs `slot` (`slot >= 1`):
+    /// the last one whose first slot is at most `slot`.
+    fn members_at(&self, slot: Slot) -> &[NodeId] {
+        self.configs
+            .iter()
+            .rev()
+            .find(|(first, _)| *first <= slot)
+            .map_or(&[], |(_, members)| members.as_slice())
+    }
+}
+
+/// `members`, sorted.
+fn sorted(members: &[NodeId]) -> Vec<NodeId> {
+    let mut members = members.to_vec();
+    members.sort_unstable();
+    members
 }
 
 /// Global knowledge of a run that the invariants are checked against.
@@ -143,7 +168,7 @@ impl Checker {
         Checker {
             group: Some(GroupView {
                 window_slots,
-                membership: Membership::genesis(genesis),
+                configs: vec![(1, sorted(genesis))],
                 known_upto: 0,
             }),
             ..Checker::default()
@@ -162,15 +187,25 @@ impl Checker {
     }
 
     /// The true configurations as far as the chosen log is known without a
-    /// gap (`None` for a checker built with [`Checker::new`]).
-    pub fn true_membership(&self) -> Option<&Membership> {
-        self.group.as_ref().map(|g| &g.membership)
+    /// gap, each with its first slot (`None` for a checker built with
+    /// [`Checker::new`]).
+    pub fn true_configurations(&self) -> Option<&[(Slot, Vec<NodeId>)]> {
+        self.group.as_ref().map(|g| g.configs.as_slice())
+    }
+
+    /// The true members of `slot` (`None` for [`Checker::new`]), as far as
+    /// the chosen log is known: right for every slot up to `α` past the
+    /// contiguous chosen prefix.
+    pub fn true_members_at(&self, slot: Slot) -> Option<&[NodeId]> {
+        self.group.as_ref().map(|g| g.members_at(slot))
     }
 
     /// The newest true configuration: once every change chosen so far is in
     /// force, these are the members (`None` for [`Checker::new`]).
     pub fn latest_members(&self) -> Option<&[NodeId]> {
-        self.true_membership().map(|m| m.latest().1)
+        self.true_configurations()
+            .and_then(|configs| configs.last())
+            .map(|(_, members)| members.as_slice())
     }
 
     /// Highest slot any replica handed out as chosen so far: what a read
@@ -187,11 +222,6 @@ impl Checker {
     /// Slots reported chosen.
     pub fn chosen_slots(&self) -> usize {
         self.chosen.len()
-    }
-
-    /// The value reported chosen in `slot`, if any.
-    pub fn chosen_value(&self, slot: Slot) -> Option<&Value> {
-        self.chosen.get(&slot).map(|r| &r.value)
     }
 
     /// Every slot reported chosen with its value, in slot order.
@@ -261,8 +291,8 @@ impl Checker {
     }
 
     /// Moves the true configurations over every newly contiguous chosen
-    /// slot, recording the changes it passes, in slot order (as a replica
-    /// does).
+    /// slot, in slot order: a `Reconfigure` chosen in slot `r` governs from
+    /// `r + α` on.
     fn extend_group_view(&mut self) {
         let Some(group) = self.group.as_mut() else {
             return;
@@ -270,9 +300,8 @@ impl Checker {
         while let Some(record) = self.chosen.get(&(group.known_upto + 1)) {
             group.known_upto += 1;
             if let Value::Reconfigure(members) = &record.value {
-                group
-                    .membership
-                    .record(group.known_upto, members, group.window_slots);
+                let first = group.known_upto + group.window_slots;
+                group.configs.push((first, sorted(members)));
             }
         }
     }
@@ -496,7 +525,8 @@ impl Checker {
             ));
         }
         for slot in chosen_upto + 1..=chosen_upto + group.window_slots {
-            let truth = group.membership.members_at(slot);
+            let truth = group.members_at(slot);
+            // The replica's own lookup: what it counts quorums among.
             let held = membership.members_at(slot);
             if held != truth {
                 return broken(format!(
@@ -506,7 +536,7 @@ impl Checker {
                     members_text(held),
                     members_text(truth),
                     membership_text(membership),
-                    membership_text(&group.membership),
+                    configurations_text(&group.configs),
                 ));
             }
         }
@@ -643,8 +673,20 @@ pub(crate) fn members_text(members: &[NodeId]) -> String {
 
 /// `1:{n1,n2,n3} 40:{n1,n2,n4}`: each configuration from its first slot.
 pub(crate) fn membership_text(membership: &Membership) -> String {
-    membership
-        .iter()
+    configs_text(membership.iter())
+}
+
+/// [`membership_text`] of the checker's own configurations.
+pub(crate) fn configurations_text(configs: &[(Slot, Vec<NodeId>)]) -> String {
+    configs_text(
+        configs
+            .iter()
+            .map(|(slot, members)| (*slot, members.as_slice())),
+    )
+}
+
+fn configs_text<'a>(configs: impl Iterator<Item = (Slot, &'a [NodeId])>) -> String {
+    configs
         .map(|(slot, members)| format!("{slot}:{}", members_text(members)))
         .collect::<Vec<_>>()
         .join(" ")

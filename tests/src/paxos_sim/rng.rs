@@ -38,6 +38,13 @@ impl SimRng {
         }
     }
 
+    /// A value in a scenario's `(low, high)` range, both included, read as
+    /// at least 1 and never inverted: `[max(low, 1), max(high, max(low, 1))]`.
+    pub fn in_range(&mut self, (low, high): (u64, u64)) -> u64 {
+        let low = low.max(1);
+        self.between(low, high.max(low))
+    }
+
     /// An index into a collection of `len` elements; `len` must be positive.
     pub fn index(&mut self, len: usize) -> usize {
         let len = u64::try_from(len).expect("usize fits in u64");
@@ -102,6 +109,8 @@ mod tests {
             let x = rng.between(3, 9);
             assert!((3..=9).contains(&x));
             assert!(rng.index(4) < 4);
+            assert!((1..=3).contains(&rng.in_range((0, 3))));
+            assert_eq!(rng.in_range((5, 2)), 5);
         }
         assert!(!rng.chance(0.0));
         assert!(rng.chance(1.0));

@@ -1,21 +1,15 @@
 //! What a simulation run does to the cluster: the fault rates, the client
 //! load and the core's settings, plus the named scenarios of the suites.
 
-use paxos_log::NodeId;
-
 /// A deliberate fault the real system never has, used only to prove that
 /// the checkers catch a broken log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Corruption {
     /// The network rewrites the value of every slot of every `Accept` it
-    /// delivers to a replica other than `spare` into a command no client
-    /// proposed, so followers accept values their leader never sent (the
-    /// leader's own acceptance never crosses the network and stays right).
-    ForgeAcceptValues {
-        /// A replica whose incoming `Accept`s stay untouched (`NodeId(0)`
-        /// for none).
-        spare: NodeId,
-    },
+    /// delivers into a command no client proposed, so followers accept
+    /// values their leader never sent (the leader's own acceptance never
+    /// crosses the network and stays right).
+    ForgeAcceptValues,
     /// The network changes the value of one random slot of every snapshot
     /// it delivers (into a command no client proposed), so the receiver
     /// installs a state machine that differs from the chosen log.
@@ -469,29 +463,13 @@ impl Scenario {
         }
     }
 
-    /// Five replicas, every fault, and snapshots with compaction (two
-    /// replicas may be away for long stretches at once).
+    /// [`Scenario::five_replicas_mixed_faults`] (five replicas, every
+    /// fault) with snapshots and compaction, longer, and a heavier client
+    /// load (two replicas may be away for long stretches at once).
     pub fn compaction_five_replicas_mixed() -> Scenario {
         Scenario {
+            name: "compaction_five_replicas_mixed",
             fault_ticks: 800,
-            drop_rate: 0.08,
-            duplicate_rate: 0.05,
-            delay_max_ticks: 4,
-            reorder_rate: 0.05,
-            reorder_delay_max_ticks: 25,
-            partition_rate: 0.02,
-            one_way_fraction: 0.4,
-            link_cut_fraction: 0.3,
-            heal_rate: 0.04,
-            disk_delay_max_ticks: 2,
-            crash_rate: 0.01,
-            crash_in_ready_rate: 0.002,
-            crash_in_election_rate: 0.05,
-            crash_all_rate: 0.002,
-            down_ticks_max: 40,
-            quick_restart_fraction: 0.3,
-            state_machine_lost_rate: 0.2,
-            state_machine_partial_rate: 0.3,
             snapshot_every: Some((5, 40)),
             snapshot_random_rate: 0.003,
             compact_partial_fraction: 0.3,
@@ -502,8 +480,7 @@ impl Scenario {
             long_outage_isolate_fraction: 0.5,
             propose_rate: 0.4,
             read_rate: 0.2,
-            vary_core_settings: true,
-            ..Scenario::quiet("compaction_five_replicas_mixed", 5)
+            ..Scenario::five_replicas_mixed_faults()
         }
     }
 

@@ -31,11 +31,13 @@ use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 
 use paxos_log::{
-    AcceptorStore, Ballot, Config, Entry, Envelope, MemAcceptorStore, Membership, Message, NodeId,
-    PersistOp, ProposeError, ReadReady, Replica, Role, Slot, Value,
+    AcceptorStore, Ballot, Config, Entry, Envelope, MemAcceptorStore, Message, NodeId, PersistOp,
+    ProposeError, ReadReady, Replica, Role, Slot, Value,
 };
 
-use super::invariants::{members_text, membership_text, Checker, Invariant, InvariantError};
+use super::invariants::{
+    configurations_text, members_text, membership_text, Checker, Invariant, InvariantError,
+};
 use super::network::{Event, EventQueue, Links};
 use super::rng::{hash_name, mix, SimRng};
 use super::scenario::{Corruption, Scenario};
@@ -111,8 +113,6 @@ pub struct RunStats {
     pub reads_released: u64,
     /// Reads served (released and applied up to their slot).
     pub reads_served: u64,
-    /// `Accept`s the test-only corruption rewrote.
-    pub forged: u64,
     /// Snapshots taken (each followed by a compaction of log and store).
     pub snapshots_taken: u64,
     /// Peers listed in `Ready::snapshot_requests`.
@@ -237,7 +237,6 @@ impl RunStats {
         self.reads_started += other.reads_started;
         self.reads_released += other.reads_released;
         self.reads_served += other.reads_served;
-        self.forged += other.forged;
         self.snapshots_taken += other.snapshots_taken;
         self.snapshot_requests += other.snapshot_requests;
         self.snapshots_sent += other.snapshots_sent;
@@ -650,7 +649,24 @@ struct Sim {
     next_read: u64,
     reads: BTreeMap<u64, StartedRead>,
     leader_ballots: BTreeSet<Ballot>,
+    /// Promises that compacted the first open slot of the candidate or
+    /// leader of their ballot that received them, by (receiver, its
+    /// incarnation, ballot): it must never lead at that ballot in that
+    /// incarnation afterwards. Forgotten when the receiver crashes.
+    compacted_promise_ballots: BTreeMap<(NodeId, u64, Ballot), CompactedPromise>,
     heal: Option<Heal>,
+}
+
+/// A promise that compacted the first open slot of the candidate or leader
+/// that received it.
+#[derive(Debug, Clone, Copy)]
+struct CompactedPromise {
+    /// The receiver's role when it arrived.
+    role: Role,
+    from: NodeId,
+    first_slot: Slot,
+    compacted_upto: Slot,
+    tick: u64,
 }
 
 type Step = Result<(), InvariantError>;
@@ -696,9 +712,9 @@ impl Sim {
         let client_rng = root.fork();
         let disk_rng = root.fork();
         let mut snap_rng = root.fork();
-        let snapshot_every = scenario.snapshot_every.map_or(0, |(low, high)| {
-            snap_rng.between(low.max(1), high.max(low.max(1)))
-        });
+        let snapshot_every = scenario
+            .snapshot_every
+            .map_or(0, |range| snap_rng.in_range(range));
         let member_rng = root.fork();
         let mut nodes: BTreeMap<NodeId, Node> = nodes;
         for node in nodes.values_mut() {
@@ -729,6 +745,7 @@ impl Sim {
             next_read: 1,
             reads: BTreeMap::new(),
             leader_ballots: BTreeSet::new(),
+            compacted_promise_ballots: BTreeMap::new(),
             heal: None,
             scenario,
         }
@@ -805,7 +822,7 @@ impl Sim {
         for id in order {
             if let Some(replica) = self.replica(id) {
                 replica.tick();
-                self.observe(id);
+                self.observe(id)?;
                 self.pump(id)?;
             }
         }
@@ -882,6 +899,10 @@ impl Sim {
     // ----- replicas: start, crash, restart -----
 
     fn start_replica(&mut self, id: NodeId) -> Step {
+        // As the real driver: the snapshot's membership knows the changes
+        // chosen in the slots it replaced.
+        let snapshot = &self.nodes[&id].snapshot;
+        let membership = (snapshot.slot() > 0).then(|| self.snapshot_membership(snapshot));
         let scenario = &self.scenario;
         let node = self.nodes.get_mut(&id).expect("member");
         // Every machine, spares included, has the genesis configuration:
@@ -919,17 +940,6 @@ impl Sim {
             node.snapshot.slot(),
             recovered.compacted_upto,
         )?;
-        // As the real driver: the snapshot's membership knows the changes
-        // chosen in the slots it replaced.
-        let forget = scenario.corruption == Some(Corruption::ForgetSnapshotMembership);
-        let membership = (snapshot_slot > 0).then(|| {
-            if forget {
-                Membership::genesis(&config.members)
-            } else {
-                node.snapshot
-                    .membership(&config.members, config.reconfig_window_slots)
-            }
-        });
         let replica = Replica::recover(config, recovered, applied_upto, membership)
             .expect("the simulation's configuration is valid");
         node.replica = Some(replica);
@@ -937,7 +947,7 @@ impl Sim {
         // Re-check the whole log this incarnation starts from.
         node.checked_upto = 0;
         node.last_role = None;
-        self.observe(id);
+        self.observe(id)?;
         self.pump(id)
     }
 
@@ -965,6 +975,8 @@ impl Sim {
         node.long_down = false;
         node.down_until = self.now + down_ticks;
         node.last_role = None;
+        self.compacted_promise_ballots
+            .retain(|&(node, _, _), _| node != id);
         self.trace
             .push(self.now, TraceEvent::Crash { node: id, point });
     }
@@ -1035,17 +1047,44 @@ impl Sim {
         self.start_replica(id)
     }
 
-    /// Records role changes and every ballot a replica led with.
-    fn observe(&mut self, id: NodeId) {
+    /// Records role changes and every ballot a replica led with, and
+    /// checks that no replica leads at a ballot for which, in this
+    /// incarnation, it received a promise that compacted its first open
+    /// slot (**compaction**: it cannot know the values of those slots).
+    fn observe(&mut self, id: NodeId) -> Step {
         let Some(node) = self.nodes.get_mut(&id) else {
-            return;
+            return Ok(());
         };
         let Some(replica) = node.replica.as_ref() else {
-            return;
+            return Ok(());
         };
         let now = (replica.role(), replica.ballot());
+        if now.0 == Role::Leader {
+            if let Some(promise) =
+                self.compacted_promise_ballots
+                    .get(&(id, node.incarnation, now.1))
+            {
+                let CompactedPromise {
+                    role,
+                    from,
+                    first_slot,
+                    compacted_upto,
+                    tick,
+                } = *promise;
+                return Err(InvariantError::new(
+                    Invariant::Compaction,
+                    format!(
+                        "{id} leads at ballot {} after, as {role:?} of that ballot at tick \
+                         {tick}, it received a promise from {from} that compacted slots up to \
+                         {compacted_upto}, at or above its first open slot {first_slot}: it \
+                         cannot know their values",
+                        now.1
+                    ),
+                ));
+            }
+        }
         if node.last_role == Some(now) {
-            return;
+            return Ok(());
         }
         let was = node.last_role.map(|(role, _)| role);
         node.last_role = Some(now);
@@ -1062,6 +1101,7 @@ impl Sim {
                 },
             );
         }
+        Ok(())
     }
 
     // ----- carrying out Ready -----
@@ -1280,7 +1320,7 @@ impl Sim {
         if let Some(replica) = self.replica(id) {
             replica.advance();
         }
-        self.observe(id);
+        self.observe(id)?;
         // Between `Ready`s, as the real driver: a snapshot that arrived
         // meanwhile is installed, and one is taken if due.
         if let Some((from, snapshot)) = self
@@ -1376,33 +1416,40 @@ impl Sim {
             .push(self.now, TraceEvent::Drop { from, to, msg, why });
     }
 
+    /// Whether what `from` sent `to` (summarised by `summary`) is lost on
+    /// arrival: the link is cut by now, or `to` is down. Counts and traces
+    /// the loss.
+    fn dropped_on_arrival(&mut self, from: NodeId, to: NodeId, summary: MsgSummary) -> bool {
+        let why = if self.links.is_cut(from, to) {
+            self.stats.dropped_by_partition += 1;
+            "partition"
+        } else if self.nodes.get(&to).is_none_or(|n| n.replica.is_none()) {
+            self.stats.dropped_at_down_node += 1;
+            "receiver down"
+        } else {
+            return false;
+        };
+        self.trace_drop(from, to, summary, why);
+        true
+    }
+
     fn deliver(&mut self, mut envelope: Envelope) -> Step {
         let (from, to) = (envelope.from, envelope.to);
-        if self.links.is_cut(from, to) {
-            self.stats.dropped_by_partition += 1;
-            self.trace_drop(from, to, MsgSummary::of(&envelope.message), "partition");
+        if self.dropped_on_arrival(from, to, MsgSummary::of(&envelope.message)) {
             return Ok(());
         }
-        if self.nodes.get(&to).is_none_or(|n| n.replica.is_none()) {
-            self.stats.dropped_at_down_node += 1;
-            self.trace_drop(from, to, MsgSummary::of(&envelope.message), "receiver down");
-            return Ok(());
-        }
-        if let Some(Corruption::ForgeAcceptValues { spare }) = self.scenario.corruption {
+        if self.scenario.corruption == Some(Corruption::ForgeAcceptValues) {
             if let Message::Accept { entries, .. } = &mut envelope.message {
-                if to != spare {
-                    for entry in entries.iter_mut() {
-                        entry.value = Value::Commands(vec![command(FORGED_COMMAND)]);
-                    }
-                    self.stats.forged += 1;
-                    self.trace.push(
-                        self.now,
-                        TraceEvent::Forged {
-                            to,
-                            msg: MsgSummary::of(&envelope.message),
-                        },
-                    );
+                for entry in entries.iter_mut() {
+                    entry.value = Value::Commands(vec![command(FORGED_COMMAND)]);
                 }
+                self.trace.push(
+                    self.now,
+                    TraceEvent::Forged {
+                        to,
+                        msg: MsgSummary::of(&envelope.message),
+                    },
+                );
             }
         }
         self.stats.messages_delivered += 1;
@@ -1414,8 +1461,10 @@ impl Sim {
                 msg: MsgSummary::of(&envelope.message),
             },
         );
-        // A promise from beyond the candidate's first open slot: the
-        // candidate must step down (and ask to catch up) instead of leading.
+        // A promise, for the ballot of a candidate (or of a leader asking a
+        // new configuration), from beyond its first open slot: it must step
+        // down (and ask to catch up) instead of leading on it, now or later
+        // (`observe` checks).
         let compacted_promise = match &envelope.message {
             Message::Promise {
                 ballot,
@@ -1425,49 +1474,62 @@ impl Sim {
             } if compacted_upto >= first_slot => self.nodes[&to]
                 .replica
                 .as_ref()
-                .filter(|r| r.role() == Role::Candidate && r.ballot() == *ballot)
-                .map(|_| (*ballot, *first_slot, *compacted_upto)),
+                .filter(|r| r.role() != Role::Follower && r.ballot() == *ballot)
+                .map(|r| {
+                    let promise = CompactedPromise {
+                        role: r.role(),
+                        from,
+                        first_slot: *first_slot,
+                        compacted_upto: *compacted_upto,
+                        tick: self.now,
+                    };
+                    (*ballot, promise)
+                }),
             _ => None,
         };
         if let Some(replica) = self.replica(to) {
             replica.step(envelope);
         }
-        if let Some((ballot, first_slot, compacted_upto)) = compacted_promise {
-            self.stats.compacted_promises += 1;
-            let role = self.nodes[&to].replica.as_ref().map(Replica::role);
-            if role == Some(Role::Leader) {
-                return Err(InvariantError::new(
-                    Invariant::Compaction,
-                    format!(
-                        "{to} became leader of ballot {ballot} on a promise from {from} that \
-                         compacted slots up to {compacted_upto}, at or above its first open slot \
-                         {first_slot}: it cannot know their values"
-                    ),
-                ));
+        if let Some((ballot, promise)) = compacted_promise {
+            let stepped_down = self.nodes[&to]
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.role() == Role::Follower);
+            if promise.role == Role::Candidate {
+                self.stats.compacted_promises += 1;
+                if stepped_down {
+                    self.stats.compacted_stepdowns += 1;
+                }
             }
-            if role == Some(Role::Follower) {
-                self.stats.compacted_stepdowns += 1;
+            if stepped_down {
                 self.trace.push(
                     self.now,
                     TraceEvent::CompactedStepDown {
                         node: to,
+                        role: promise.role,
                         from,
                         ballot,
-                        first_slot,
-                        compacted_upto,
+                        first_slot: promise.first_slot,
+                        compacted_upto: promise.compacted_upto,
                     },
                 );
             }
+            let incarnation = self.nodes[&to].incarnation;
+            self.compacted_promise_ballots
+                .entry((to, incarnation, ballot))
+                .or_insert(promise);
         }
-        self.observe(to);
+        self.observe(to)?;
         self.pump(to)
     }
 
     // ----- clients -----
 
-    /// A replica for a client call: one that believes it leads (there may
-    /// be several, some stale), or sometimes any running replica.
-    fn pick_target(&mut self) -> Option<NodeId> {
+    /// A replica for a client's (or the operator's) call: one that believes
+    /// it leads (there may be several, some stale), or, with probability
+    /// `misdirect_rate` or when none does, any running replica; `None` if
+    /// none runs. The draws come from the generator `rng` picks out.
+    fn pick_target(&mut self, rng: fn(&mut Sim) -> &mut SimRng) -> Option<NodeId> {
         let up = self.running();
         if up.is_empty() {
             return None;
@@ -1482,12 +1544,14 @@ impl Sim {
                     .is_some_and(|r| r.role() == Role::Leader)
             })
             .collect();
-        let pool = if leaders.is_empty() || self.client_rng.chance(self.scenario.misdirect_rate) {
+        let misdirect_rate = self.scenario.misdirect_rate;
+        let rng = rng(self);
+        let pool = if leaders.is_empty() || rng.chance(misdirect_rate) {
             up
         } else {
             leaders
         };
-        Some(pool[self.client_rng.index(pool.len())])
+        Some(pool[rng.index(pool.len())])
     }
 
     /// Client load: bursts of new commands while the faults last (after
@@ -1498,18 +1562,18 @@ impl Sim {
             let burst = self
                 .client_rng
                 .between(1, self.scenario.propose_burst_max.max(1));
-            if let Some(target) = self.pick_target() {
+            if let Some(target) = self.pick_target(|sim| &mut sim.client_rng) {
                 for _ in 0..burst {
                     let id = self.next_command;
                     self.next_command += 1;
-                    self.propose(target, id);
+                    self.propose(target, id)?;
                 }
                 self.pump(target)?;
             }
         }
         if self.client_rng.chance(self.scenario.read_rate) {
-            if let Some(target) = self.pick_target() {
-                self.read_index(target);
+            if let Some(target) = self.pick_target(|sim| &mut sim.client_rng) {
+                self.read_index(target)?;
                 self.pump(target)?;
             }
         }
@@ -1517,9 +1581,9 @@ impl Sim {
     }
 
     /// Proposes command `id` at `target`; returns whether it was taken.
-    fn propose(&mut self, target: NodeId, id: u64) -> bool {
+    fn propose(&mut self, target: NodeId, id: u64) -> Result<bool, InvariantError> {
         let Some(replica) = self.replica(target) else {
-            return false;
+            return Ok(false);
         };
         let outcome = match replica.propose(command(id)) {
             Ok(()) => {
@@ -1547,17 +1611,17 @@ impl Sim {
                 outcome,
             },
         );
-        self.observe(target);
-        outcome == "taken"
+        self.observe(target)?;
+        Ok(outcome == "taken")
     }
 
-    fn read_index(&mut self, target: NodeId) {
+    fn read_index(&mut self, target: NodeId) -> Step {
         let read_id = self.next_read;
         self.next_read += 1;
         let required = self.checker.max_emitted();
         let incarnation = self.nodes[&target].incarnation;
         let Some(replica) = self.replica(target) else {
-            return;
+            return Ok(());
         };
         if replica.read_index(read_id).is_ok() {
             self.stats.reads_started += 1;
@@ -1578,7 +1642,7 @@ impl Sim {
                 },
             );
         }
-        self.observe(target);
+        self.observe(target)
     }
 
     // ----- checks -----
@@ -1700,7 +1764,7 @@ impl Sim {
             if let Some(leader) = leader {
                 let id = self.next_command;
                 self.next_command += 1;
-                if self.propose(leader, id) {
+                if self.propose(leader, id)? {
                     let heal = self.heal.as_mut().expect("healing");
                     heal.fresh.push(id);
                     heal.last_fresh_at = Some(self.now);
@@ -1824,10 +1888,10 @@ impl Sim {
                 )),
             }
         }
-        if let Some(membership) = self.checker.true_membership() {
+        if let Some(configs) = self.checker.true_configurations() {
             out.push_str(&format!(
                 "  true configurations (chosen log): {}\n",
-                membership_text(membership)
+                configurations_text(configs)
             ));
         }
         out.push_str(&format!(

@@ -245,6 +245,7 @@ pub(crate) enum TraceEvent {
     },
     CompactedStepDown {
         node: NodeId,
+        role: Role,
         from: NodeId,
         ballot: Ballot,
         first_slot: Slot,
@@ -385,13 +386,14 @@ impl fmt::Display for TraceEvent {
             }
             TraceEvent::CompactedStepDown {
                 node,
+                role,
                 from,
                 ballot,
                 first_slot,
                 compacted_upto,
             } => write!(
                 f,
-                "{node} (candidate, ballot {ballot}) steps down: {from} promised with \
+                "{node} ({role:?}, ballot {ballot}) steps down: {from} promised with \
                  compacted_upto {compacted_upto} >= first_slot {first_slot}"
             ),
             TraceEvent::Reconfigure {

@@ -24,7 +24,7 @@
 //! [`Scenario::reconfig_rate`]: super::super::scenario::Scenario::reconfig_rate
 //! [`Scenario::crash_changing_node_rate`]: super::super::scenario::Scenario::crash_changing_node_rate
 
-use paxos_log::{NodeId, ProposeError, Role};
+use paxos_log::{NodeId, ProposeError};
 
 use super::super::trace::TraceEvent;
 use super::{Sim, Step};
@@ -83,27 +83,10 @@ impl Sim {
         if !self.faults_active || !self.member_rng.chance(self.scenario.reconfig_rate) {
             return Ok(());
         }
-        let up = self.running();
-        if up.is_empty() {
+        let Some(target) = self.pick_target(|sim| &mut sim.member_rng) else {
             self.stats.reconfigs_nobody_to_ask += 1;
             return Ok(());
-        }
-        let leaders: Vec<NodeId> = up
-            .iter()
-            .copied()
-            .filter(|id| {
-                self.nodes[id]
-                    .replica
-                    .as_ref()
-                    .is_some_and(|r| r.role() == Role::Leader)
-            })
-            .collect();
-        let pool = if leaders.is_empty() || self.member_rng.chance(self.scenario.misdirect_rate) {
-            up
-        } else {
-            leaders
         };
-        let target = pool[self.member_rng.index(pool.len())];
         let base = self.nodes[&target]
             .replica
             .as_ref()
@@ -150,7 +133,7 @@ impl Sim {
                 self.stats.leader_removals += 1;
             }
         }
-        self.observe(target);
+        self.observe(target)?;
         self.pump(target)?;
         if outcome == "taken"
             && self
@@ -246,9 +229,8 @@ impl Sim {
         }
         let long = self.member_rng.chance(CHANGING_CRASH_LONG_FRACTION);
         let down_ticks = if long {
-            let (low, high) = self.scenario.long_outage_ticks;
             if self.scenario.long_outage_rate > 0.0 {
-                self.member_rng.between(low.max(1), high.max(low.max(1)))
+                self.member_rng.in_range(self.scenario.long_outage_ticks)
             } else {
                 let max = self.scenario.down_ticks_max.max(1);
                 self.member_rng.between(max, max * 3)

@@ -134,14 +134,7 @@ impl Sim {
     ) -> Step {
         let mut snapshot = snapshot;
         let summary = MsgSummary::snapshot(snapshot.slot());
-        if self.links.is_cut(from, to) {
-            self.stats.dropped_by_partition += 1;
-            self.trace_drop(from, to, summary, "partition");
-            return Ok(());
-        }
-        if self.nodes[&to].replica.is_none() {
-            self.stats.dropped_at_down_node += 1;
-            self.trace_drop(from, to, summary, "receiver down");
+        if self.dropped_on_arrival(from, to, summary) {
             return Ok(());
         }
         if self.scenario.corruption == Some(Corruption::CorruptSnapshots) && snapshot.slot() > 0 {
@@ -260,13 +253,15 @@ impl Sim {
         // A machine the group took in after the slot it had applied (a
         // spare, or one removed and added back) catching up this way: the
         // snapshot's membership is all it knows of the changes before it.
-        if let Some(truth) = self.checker.true_membership() {
-            if truth.members_at(slot + 1).contains(&id)
-                && !truth.members_at(applied_before + 1).contains(&id)
-            {
-                self.stats.snapshots_installed_by_added += 1;
-            }
+        let member_at = |slot| {
+            self.checker
+                .true_members_at(slot)
+                .is_some_and(|members| members.contains(&id))
+        };
+        if member_at(slot + 1) && !member_at(applied_before + 1) {
+            self.stats.snapshots_installed_by_added += 1;
         }
+        let membership = self.snapshot_membership(&self.nodes[&id].snapshot);
         let node = self.nodes.get_mut(&id).expect("member");
         if node
             .replica
@@ -275,14 +270,8 @@ impl Sim {
         {
             self.stats.snapshots_installed_not_follower += 1;
         }
-        let membership = if self.scenario.corruption == Some(Corruption::ForgetSnapshotMembership) {
-            Membership::genesis(&self.genesis)
-        } else {
-            node.snapshot
-                .membership(&self.genesis, self.scenario.reconfig_window_slots)
-        };
         if let Some(replica) = node.replica.as_mut() {
-            replica.install_snapshot(slot, membership);
+            replica.install_snapshot(slot, Some(membership));
         }
         node.store
             .compact(slot)
@@ -298,8 +287,20 @@ impl Sim {
             node.store.state().compacted_upto,
         )?;
         self.serve_reads(id);
-        self.observe(id);
+        self.observe(id)?;
         self.pump(id)
+    }
+
+    /// The membership the driver hands the core with a snapshot it restores
+    /// or installs: the one saved with it (here computed from its prefix,
+    /// [`Snapshot::membership`]), or, under the test-only
+    /// [`Corruption::ForgetSnapshotMembership`], the genesis configuration.
+    pub(super) fn snapshot_membership(&self, snapshot: &Snapshot) -> Membership {
+        if self.scenario.corruption == Some(Corruption::ForgetSnapshotMembership) {
+            Membership::genesis(&self.genesis)
+        } else {
+            snapshot.membership(&self.genesis, self.scenario.reconfig_window_slots)
+        }
     }
 
     /// Per tick: with probability `long_outage_rate`, one running machine
@@ -331,8 +332,7 @@ impl Sim {
             return;
         }
         let id = candidates[self.fault_rng.index(candidates.len())];
-        let (low, high) = self.scenario.long_outage_ticks;
-        let ticks = self.fault_rng.between(low.max(1), high.max(low.max(1)));
+        let ticks = self.fault_rng.in_range(self.scenario.long_outage_ticks);
         self.stats.long_outages += 1;
         if self
             .fault_rng
