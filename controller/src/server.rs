@@ -199,6 +199,12 @@ impl ControllerListeners {
         })
     }
 
+    /// The two listeners, for a service other than the controller that
+    /// runs a replica the same way (a shardkv replica group member).
+    pub fn into_parts(self) -> (PeerListener, TcpListener) {
+        (self.peer, self.client)
+    }
+
     /// The bound addresses.
     pub fn addrs(&self) -> MemberAddrs {
         MemberAddrs {

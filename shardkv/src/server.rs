@@ -1,0 +1,656 @@
+//! One replica of a replica group: [`ShardKvServer`].
+//!
+//! ```text
+//!          clerks, other groups, tools
+//!                  │ tarpc ShardKv (client address)
+//!                  ▼
+//!   ClientService: write ──Command::Write──► NodeHandle::propose
+//!                  read  ──ReadOp─────────► NodeHandle::read (read-index)
+//!                  pull_shard ─────────────► local frozen copy (any replica)
+//!                  delete_shard ─Command::DeleteShard─► propose
+//!                  │
+//!   paxos-log Node (own thread) ── WalAcceptorStore  data_dir/wal
+//!        │                      ── SnapshotStore     data_dir/snap
+//!        │  ◄── PeerListener (peer address) ◄── the group's other replicas
+//!        └────► TarpcTransport
+//!        │
+//!   SharedMachine ── ShardMachine ── SledStore        data_dir/sm
+//!        ▲
+//!   migration task (acts while this replica leads): configurations,
+//!   pulls, garbage collection (see crate::migration)
+//! ```
+//!
+//! Like the controller's replicas, each replica has a *peer* address (the
+//! group's `paxos-log` traffic) and a *client* address (everything else);
+//! the client address is what the controller's configuration lists for the
+//! group. Writes are answered once chosen and applied; reads are read-index
+//! reads. A replica that does not lead answers `NotLeader` with the client
+//! address of the one it believes leads.
+//!
+//! Durability: the acceptor WAL makes every acknowledged write survive a
+//! crash; the sled store is flushed at every snapshot (and at every change
+//! of the group state), and after a restart the log is replayed from the
+//! last flushed slot (see [`crate::state_machine`]).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use controller::{ConfigNum, ControllerListeners, Gid, MemberAddrs, ShardId};
+use paxos_log::net::service::{ConnectionStats, TarpcServer};
+use paxos_log::net::ServerHandle;
+use paxos_log::{
+    Config, DriverOptions, NetLimits, Node, NodeError, NodeHandle, NodeId, NodeMetrics, Role, Slot,
+    StartError, StateMachine, TarpcTransport, WalAcceptorStore,
+};
+use storage::sled_store::SledStore;
+use storage::snapshot::SnapshotStore;
+use storage::wal::WalOptions;
+use storage::{RealFs, StorageError};
+use tarpc::context;
+use tarpc::server::InFlightRequest;
+use tracing::error;
+
+use crate::error::KvError;
+use crate::group::{GroupState, ShardState};
+use crate::limits::Limits;
+use crate::migration::{self, MigrationOptions};
+use crate::rpc::{
+    PullReply, ReplicaStatus, ServiceError, ShardKv, ShardKvRequest, ShardKvResponse, ShardReport,
+};
+use crate::state_machine::ShardMachine;
+use crate::wire::{
+    decode, encode, ClientId, Command, Cursor, Outcome, ReadOp, ReadReply, WriteOp, WriteReply,
+};
+
+/// Everything one replica needs to start.
+#[derive(Debug, Clone)]
+pub struct ShardKvServerConfig {
+    /// This replica; must be a key of `members`.
+    pub node_id: NodeId,
+    /// The group.
+    pub gid: Gid,
+    /// Every replica of the group and its addresses (the same map on every
+    /// replica). The client addresses are the ones the group joins the
+    /// controller with.
+    pub members: BTreeMap<NodeId, MemberAddrs>,
+    /// The replica's own directory: `wal/`, `snap/` and `sm/` (sled).
+    pub data_dir: PathBuf,
+    /// Client addresses of the controller's replicas.
+    pub controllers: Vec<SocketAddr>,
+    /// Size and session limits.
+    pub limits: Limits,
+    /// How the leader follows configurations and moves shards.
+    pub migration: MigrationOptions,
+    /// Timing and bounds of the `paxos-log` driver.
+    pub driver: DriverOptions,
+    /// Frame size, connection and timeout limits of both listeners and of
+    /// every outgoing connection.
+    pub net: NetLimits,
+    /// Options of the acceptor WAL.
+    pub wal: WalOptions,
+}
+
+impl ShardKvServerConfig {
+    /// A configuration with default limits and options.
+    pub fn new(
+        node_id: NodeId,
+        gid: Gid,
+        members: BTreeMap<NodeId, MemberAddrs>,
+        data_dir: PathBuf,
+        controllers: Vec<SocketAddr>,
+    ) -> ShardKvServerConfig {
+        ShardKvServerConfig {
+            node_id,
+            gid,
+            members,
+            data_dir,
+            controllers,
+            limits: Limits::default(),
+            migration: MigrationOptions::default(),
+            driver: DriverOptions::default(),
+            net: NetLimits::default(),
+            wal: WalOptions::default(),
+        }
+    }
+}
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration cannot work.
+    #[error("invalid shardkv server configuration: {0}")]
+    Config(String),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] controller::ServerError),
+    /// The WAL, snapshots or state machine store could not be opened.
+    #[error("opening the replica's storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The `paxos-log` node could not start.
+    #[error("starting the replicated log: {0}")]
+    Start(#[from] StartError),
+    /// The blocking start-up task failed (a panic: a bug).
+    #[error("start-up task failed: {0}")]
+    Task(String),
+}
+
+/// The state machine, shared between the driver thread (apply, read,
+/// snapshot) and the server (status, pulls, the migration task's view).
+#[derive(Debug, Clone)]
+pub(crate) struct SharedMachine(Arc<Mutex<ShardMachine>>);
+
+impl SharedMachine {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ShardMachine> {
+        // The state machine is consistent between calls (it decides before
+        // it writes, and marks itself failed on a storage error), so a
+        // poisoned lock still guards a usable state.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl StateMachine for SharedMachine {
+    fn apply(&mut self, slot: Slot, command: &[u8]) -> Vec<u8> {
+        self.lock().apply(slot, command)
+    }
+
+    fn read(&mut self, query: &[u8]) -> Vec<u8> {
+        self.lock().read(query)
+    }
+
+    fn durable_slot(&self) -> Slot {
+        self.lock().durable_slot()
+    }
+
+    fn snapshot(&mut self) -> Option<Vec<u8>> {
+        self.lock().snapshot()
+    }
+
+    fn restore(&mut self, slot: Slot, snapshot: &[u8]) -> Result<(), String> {
+        self.lock().restore(slot, snapshot)
+    }
+}
+
+/// A running replica. [`ShardKvServer::shutdown`] stops it and frees its
+/// ports.
+#[derive(Debug)]
+pub struct ShardKvServer {
+    node_id: NodeId,
+    gid: Gid,
+    client_addr: SocketAddr,
+    node: Option<Node<SharedMachine>>,
+    handle: NodeHandle,
+    machine: SharedMachine,
+    peer_server: Option<ServerHandle>,
+    client_server: Option<TarpcServer>,
+    migration: Option<tokio::task::JoinHandle<()>>,
+    transport: Option<Arc<TarpcTransport>>,
+}
+
+impl ShardKvServer {
+    /// Binds this replica's addresses from `config.members` and starts it.
+    /// Must be called within a tokio runtime.
+    pub async fn start(config: ShardKvServerConfig) -> Result<ShardKvServer, ServerError> {
+        let addrs = *config.members.get(&config.node_id).ok_or_else(|| {
+            ServerError::Config(format!("members do not include {}", config.node_id))
+        })?;
+        let listeners = ControllerListeners::bind(addrs, &config.net).await?;
+        ShardKvServer::start_with_listeners(config, listeners).await
+    }
+
+    /// Starts the replica on listeners bound beforehand (their addresses
+    /// should be this replica's entry of `config.members`): opens its
+    /// storage, recovers, starts the `paxos-log` node, serves both
+    /// listeners and starts the migration task.
+    pub async fn start_with_listeners(
+        config: ShardKvServerConfig,
+        listeners: ControllerListeners,
+    ) -> Result<ShardKvServer, ServerError> {
+        let ShardKvServerConfig {
+            node_id,
+            gid,
+            members,
+            data_dir,
+            controllers,
+            limits,
+            migration,
+            driver,
+            net,
+            wal,
+        } = config;
+        if !members.contains_key(&node_id) {
+            return Err(ServerError::Config(format!(
+                "members do not include {node_id}"
+            )));
+        }
+        if gid == 0 {
+            return Err(ServerError::Config("gid 0 is reserved".to_string()));
+        }
+        limits.validate().map_err(ServerError::Config)?;
+        let addrs = listeners.addrs();
+        let peers: BTreeMap<NodeId, SocketAddr> = members
+            .iter()
+            .filter(|(id, _)| **id != node_id)
+            .map(|(id, addrs)| (*id, addrs.peer))
+            .collect();
+        let transport = Arc::new(TarpcTransport::new(
+            &tokio::runtime::Handle::current(),
+            peers,
+            gid,
+            net.clone(),
+        ));
+        let log_config = Config::new(node_id, members.keys().copied().collect());
+        // Opening the WAL replays it, opening sled recovers it, restoring a
+        // snapshot imports it: blocking work kept off the runtime's workers.
+        let (node, machine) = {
+            let transport = Arc::clone(&transport);
+            let limits = limits.clone();
+            tokio::task::spawn_blocking(
+                move || -> Result<(Node<SharedMachine>, SharedMachine), ServerError> {
+                    let fs = RealFs::shared();
+                    let store = Arc::new(SledStore::open(&data_dir.join("sm"))?);
+                    let machine = SharedMachine(Arc::new(Mutex::new(ShardMachine::open(
+                        store, gid, limits,
+                    )?)));
+                    let wal = WalAcceptorStore::open(fs.clone(), &data_dir.join("wal"), wal)?;
+                    let snapshots = SnapshotStore::open(fs, &data_dir.join("snap"))?;
+                    let node = Node::start_with_snapshots(
+                        log_config,
+                        wal,
+                        machine.clone(),
+                        transport,
+                        driver,
+                        snapshots,
+                    )?;
+                    Ok((node, machine))
+                },
+            )
+            .await
+            .map_err(|cause| ServerError::Task(cause.to_string()))??
+        };
+        let handle = node.handle();
+        let (peer_listener, client_listener) = listeners.into_parts();
+        let peer_server = peer_listener.start(handle.clone(), gid);
+        let service = ClientService {
+            node: handle.clone(),
+            machine: machine.clone(),
+            gid,
+            limits: Arc::new(limits.clone()),
+            client_addrs: Arc::new(
+                members
+                    .iter()
+                    .map(|(id, addrs)| (*id, addrs.client))
+                    .collect(),
+            ),
+        };
+        let client_server = TarpcServer::spawn(
+            "shardkv client",
+            client_listener,
+            move |request: InFlightRequest<ShardKvRequest, ShardKvResponse>| {
+                request.execute(service.clone().serve())
+            },
+            net.clone(),
+        );
+        let migration = tokio::spawn(migration::run(
+            handle.clone(),
+            machine.clone(),
+            controllers,
+            limits,
+            migration,
+            net,
+        ));
+        Ok(ShardKvServer {
+            node_id,
+            gid,
+            client_addr: addrs.client,
+            node: Some(node),
+            handle,
+            machine,
+            peer_server: Some(peer_server),
+            client_server: Some(client_server),
+            migration: Some(migration),
+            transport: Some(transport),
+        })
+    }
+
+    /// This replica's id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The group.
+    pub fn gid(&self) -> Gid {
+        self.gid
+    }
+
+    /// The address clerks call.
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The `paxos-log` node's latest metrics.
+    pub fn metrics(&self) -> NodeMetrics {
+        self.handle.metrics()
+    }
+
+    /// A handle to the `paxos-log` node.
+    pub fn node_handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
+    /// The group state as this replica has applied it (may lag).
+    pub fn group_state(&self) -> GroupState {
+        self.machine.lock().group().clone()
+    }
+
+    /// What this replica knows, as the `status` RPC answers it.
+    pub fn status(&self) -> ReplicaStatus {
+        status(&self.machine, &self.handle, self.gid)
+    }
+
+    /// What the client listener has done with connections so far.
+    pub fn client_stats(&self) -> ConnectionStats {
+        self.client_server
+            .as_ref()
+            .map(TarpcServer::stats)
+            .unwrap_or_default()
+    }
+
+    /// Stops the replica: the migration task, both listeners, the
+    /// `paxos-log` node (waiting for its thread, so everything it
+    /// acknowledged is on disk), the peer transport, and flushes the store.
+    pub async fn shutdown(mut self) {
+        if let Some(migration) = self.migration.take() {
+            migration.abort();
+            let _ = migration.await;
+        }
+        if let Some(client_server) = self.client_server.take() {
+            client_server.shutdown().await;
+        }
+        if let Some(peer_server) = self.peer_server.take() {
+            peer_server.shutdown().await;
+        }
+        if let Some(node) = self.node.take() {
+            let machine = self.machine.clone();
+            let stopped = tokio::task::spawn_blocking(move || {
+                node.stop();
+                // Not needed for durability (the log has everything), but
+                // it shortens the replay at the next start.
+                if let Err(err) = machine.lock().store().flush() {
+                    error!(%err, "flushing the state machine store at shutdown");
+                }
+            })
+            .await;
+            if let Err(cause) = stopped {
+                error!(%cause, "stopping the replica's log node failed");
+            }
+        }
+        self.transport.take();
+    }
+}
+
+impl Drop for ShardKvServer {
+    fn drop(&mut self) {
+        if let Some(migration) = self.migration.take() {
+            migration.abort();
+        }
+    }
+}
+
+/// The replica's status from its local state.
+fn status(machine: &SharedMachine, node: &NodeHandle, gid: Gid) -> ReplicaStatus {
+    let metrics = node.metrics();
+    let machine = machine.lock();
+    let group = machine.group();
+    let shards = group
+        .shards
+        .iter()
+        .map(|(&id, entry)| {
+            let meta = machine.shard_meta(id).unwrap_or_default();
+            ShardReport {
+                id,
+                state: match &entry.state {
+                    ShardState::Serving { gc: None } => "serving".to_string(),
+                    ShardState::Serving { gc: Some(_) } => {
+                        "serving (old copy not yet deleted)".to_string()
+                    }
+                    ShardState::Pulling { records, bytes, .. } => {
+                        format!("pulling ({records} records, {bytes} bytes so far)")
+                    }
+                    ShardState::Frozen { .. } => "frozen".to_string(),
+                },
+                num: entry.num,
+                sessions: meta.sessions,
+                sessions_expired: meta.expired,
+            }
+        })
+        .collect();
+    ReplicaStatus {
+        gid,
+        node_id: metrics.id.0,
+        role: match metrics.role {
+            Some(Role::Leader) => "leader",
+            Some(Role::Candidate) => "candidate",
+            Some(Role::Follower) | None => "follower",
+        }
+        .to_string(),
+        leader_hint: metrics.leader_hint.map(|id| id.0),
+        num: group.num,
+        applied_slot: metrics.applied_slot,
+        shards,
+        failed: machine.failed().map(str::to_string),
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before
+/// it).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Maps a driver error to what the caller can conclude.
+pub(crate) fn service_error(
+    error: NodeError,
+    client_addrs: &BTreeMap<NodeId, SocketAddr>,
+) -> ServiceError {
+    match error {
+        NodeError::NotLeader { leader_hint } => ServiceError::NotLeader {
+            leader_hint: leader_hint
+                .and_then(|id| client_addrs.get(&id))
+                .map(SocketAddr::to_string),
+        },
+        NodeError::Busy | NodeError::Reconfiguring | NodeError::InvalidMembership(_) => {
+            ServiceError::Busy
+        }
+        NodeError::Indeterminate(cause) => ServiceError::Indeterminate(cause),
+        NodeError::Stopped => ServiceError::Stopped("the replica stopped".to_string()),
+    }
+}
+
+/// The [`ShardKv`] service of one replica, cloned per request.
+#[derive(Debug, Clone)]
+struct ClientService {
+    node: NodeHandle,
+    machine: SharedMachine,
+    gid: Gid,
+    limits: Arc<Limits>,
+    client_addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+}
+
+impl ClientService {
+    fn check_key(&self, key: &[u8]) -> Result<(), ServiceError> {
+        if key.len() > self.limits.key_bytes_max {
+            return Err(ServiceError::Refused(KvError::KeyTooLarge {
+                len_bytes: key.len(),
+                max_bytes: self.limits.key_bytes_max,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Refuses at once what the local state says this group does not
+    /// serve, when this replica leads (a follower sends the client to the
+    /// leader instead, whose state is the one that counts).
+    fn check_serving(&self, key: &[u8]) -> Result<(), ServiceError> {
+        if self.node.metrics().role != Some(Role::Leader) {
+            return Ok(());
+        }
+        let machine = self.machine.lock();
+        if let Some(reason) = machine.failed() {
+            return Err(ServiceError::Stopped(reason.to_string()));
+        }
+        let group = machine.group();
+        match group.shard_for_key(key) {
+            Some(shard) if group.serves(shard.id) => Ok(()),
+            _ => Err(ServiceError::Refused(KvError::WrongGroup {
+                num: group.num,
+            })),
+        }
+    }
+}
+
+impl ShardKv for ClientService {
+    async fn write(
+        self,
+        _: context::Context,
+        client_id: ClientId,
+        seq: u64,
+        op: WriteOp,
+    ) -> Result<WriteReply, ServiceError> {
+        self.check_key(op.key())?;
+        if op.value_len() > self.limits.value_bytes_max {
+            return Err(ServiceError::Refused(KvError::ValueTooLarge {
+                len_bytes: u64::try_from(op.value_len()).unwrap_or(u64::MAX),
+                max_bytes: u64::try_from(self.limits.value_bytes_max).unwrap_or(u64::MAX),
+            }));
+        }
+        self.check_serving(op.key())?;
+        let command = encode(&Command::Write {
+            client_id,
+            seq,
+            stamp_ms: now_ms(),
+            limits: self.limits.apply_limits(),
+            op,
+        });
+        let reply = self
+            .node
+            .propose(command)
+            .await
+            .map_err(|error| service_error(error, &self.client_addrs))?;
+        match decode::<Outcome<WriteReply>>(&reply) {
+            Ok(Outcome::Ok(reply)) => Ok(reply),
+            Ok(Outcome::Refused(error)) => Err(ServiceError::Refused(error)),
+            // The entry is in the log; other replicas applied it.
+            Ok(Outcome::Failed(reason)) => Err(ServiceError::Indeterminate(reason)),
+            Err(error) => Err(ServiceError::Indeterminate(format!(
+                "undecodable reply: {error}"
+            ))),
+        }
+    }
+
+    async fn read(self, _: context::Context, op: ReadOp) -> Result<ReadReply, ServiceError> {
+        let key = match &op {
+            ReadOp::Get { key } => key,
+            ReadOp::Scan { start, end, .. } => {
+                if let Some(end) = end {
+                    self.check_key(end)?;
+                }
+                start
+            }
+        };
+        self.check_key(key)?;
+        self.check_serving(key)?;
+        let answer = self
+            .node
+            .read(encode(&op))
+            .await
+            .map_err(|error| service_error(error, &self.client_addrs))?;
+        match decode::<Outcome<ReadReply>>(&answer) {
+            Ok(Outcome::Ok(reply)) => Ok(reply),
+            Ok(Outcome::Refused(error)) => Err(ServiceError::Refused(error)),
+            Ok(Outcome::Failed(reason)) => Err(ServiceError::Stopped(reason)),
+            Err(error) => Err(ServiceError::Stopped(format!(
+                "undecodable answer: {error}"
+            ))),
+        }
+    }
+
+    async fn pull_shard(
+        self,
+        _: context::Context,
+        shard: ShardId,
+        num: ConfigNum,
+        after: Option<Cursor>,
+        max_bytes: u64,
+    ) -> Result<PullReply, ServiceError> {
+        let max_bytes = usize::try_from(max_bytes)
+            .unwrap_or(usize::MAX)
+            .min(self.limits.migration_chunk_bytes);
+        let machine = self.machine.clone();
+        // Reading a chunk reads sled: keep it off the runtime's workers.
+        tokio::task::spawn_blocking(move || {
+            let machine = machine.lock();
+            let group = machine.group();
+            if group.num < num {
+                return Err(ServiceError::NotReady(format!(
+                    "this replica is at configuration {}, before {num}",
+                    group.num
+                )));
+            }
+            match group.shards.get(&shard) {
+                Some(entry)
+                    if entry.num == num && matches!(entry.state, ShardState::Frozen { .. }) =>
+                {
+                    machine
+                        .chunk(shard, after.as_ref(), max_bytes)
+                        .map(|(records, done)| PullReply { records, done })
+                        .map_err(|err| ServiceError::Stopped(err.to_string()))
+                }
+                _ => Err(ServiceError::NotReady(format!(
+                    "shard {shard} lost in configuration {num} is not held here"
+                ))),
+            }
+        })
+        .await
+        .map_err(|cause| ServiceError::Stopped(format!("pull task failed: {cause}")))?
+    }
+
+    async fn delete_shard(
+        self,
+        _: context::Context,
+        shard: ShardId,
+        num: ConfigNum,
+    ) -> Result<(), ServiceError> {
+        let at = self.machine.lock().group().num;
+        if at < num {
+            return Err(ServiceError::NotReady(format!(
+                "this replica is at configuration {at}, before {num}"
+            )));
+        }
+        let reply = self
+            .node
+            .propose(encode(&Command::DeleteShard { shard, num }))
+            .await
+            .map_err(|error| service_error(error, &self.client_addrs))?;
+        match decode::<Outcome<bool>>(&reply) {
+            // Deleted now, or gone already: either way, gone.
+            Ok(Outcome::Ok(_)) => Ok(()),
+            Ok(Outcome::Refused(error)) => Err(ServiceError::Refused(error)),
+            Ok(Outcome::Failed(reason)) => Err(ServiceError::Indeterminate(reason)),
+            Err(error) => Err(ServiceError::Indeterminate(format!(
+                "undecodable reply: {error}"
+            ))),
+        }
+    }
+
+    async fn status(self, _: context::Context) -> Result<ReplicaStatus, ServiceError> {
+        Ok(status(&self.machine, &self.node, self.gid))
+    }
+}
