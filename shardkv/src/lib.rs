@@ -30,6 +30,7 @@
 
 pub mod clerk;
 pub mod error;
+pub mod faults;
 pub mod group;
 pub mod hash;
 pub mod limits;

@@ -43,7 +43,7 @@ use paxos_log::net::service::{ConnectionStats, TarpcServer};
 use paxos_log::net::ServerHandle;
 use paxos_log::{
     Config, DriverOptions, NetLimits, Node, NodeError, NodeHandle, NodeId, NodeMetrics, Role, Slot,
-    StartError, StateMachine, TarpcTransport, WalAcceptorStore,
+    StartError, StateMachine, TarpcTransport, Transport, WalAcceptorStore,
 };
 use storage::sled_store::SledStore;
 use storage::snapshot::SnapshotStore;
@@ -54,6 +54,7 @@ use tarpc::server::InFlightRequest;
 use tracing::error;
 
 use crate::error::KvError;
+use crate::faults::{Dice, Faults, LossyTransport};
 use crate::group::{GroupState, ShardState};
 use crate::limits::Limits;
 use crate::migration::{self, MigrationOptions};
@@ -91,6 +92,8 @@ pub struct ShardKvServerConfig {
     pub net: NetLimits,
     /// Options of the acceptor WAL.
     pub wal: WalOptions,
+    /// Faults to inject (tests only; none by default).
+    pub faults: Faults,
 }
 
 impl ShardKvServerConfig {
@@ -113,6 +116,7 @@ impl ShardKvServerConfig {
             driver: DriverOptions::default(),
             net: NetLimits::default(),
             wal: WalOptions::default(),
+            faults: Faults::default(),
         }
     }
 }
@@ -221,6 +225,7 @@ impl ShardKvServer {
             driver,
             net,
             wal,
+            faults,
         } = config;
         if !members.contains_key(&node_id) {
             return Err(ServerError::Config(format!(
@@ -243,11 +248,20 @@ impl ShardKvServer {
             gid,
             net.clone(),
         ));
+        let log_transport: Arc<dyn Transport> = if faults.lose_peer_message_per_mille > 0 {
+            Arc::new(LossyTransport {
+                inner: Arc::clone(&transport),
+                dice: Dice::new(faults.seed ^ 0x5eed),
+                per_mille: faults.lose_peer_message_per_mille,
+            })
+        } else {
+            Arc::clone(&transport) as Arc<dyn Transport>
+        };
         let log_config = Config::new(node_id, members.keys().copied().collect());
         // Opening the WAL replays it, opening sled recovers it, restoring a
         // snapshot imports it: blocking work kept off the runtime's workers.
         let (node, machine) = {
-            let transport = Arc::clone(&transport);
+            let transport = log_transport;
             let limits = limits.clone();
             tokio::task::spawn_blocking(
                 move || -> Result<(Node<SharedMachine>, SharedMachine), ServerError> {
@@ -280,6 +294,8 @@ impl ShardKvServer {
             machine: machine.clone(),
             gid,
             limits: Arc::new(limits.clone()),
+            faults,
+            dice: Arc::new(Dice::new(faults.seed)),
             client_addrs: Arc::new(
                 members
                     .iter()
@@ -481,10 +497,32 @@ struct ClientService {
     machine: SharedMachine,
     gid: Gid,
     limits: Arc<Limits>,
+    faults: Faults,
+    dice: Arc<Dice>,
     client_addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
 }
 
 impl ClientService {
+    /// Runs `handle` unless fault injection loses the request; loses its
+    /// reply if told to.
+    async fn faulty<T>(
+        &self,
+        handle: impl std::future::Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
+        if self.dice.roll(self.faults.lose_request_per_mille) {
+            return Err(ServiceError::Indeterminate(
+                "request lost (fault injection)".to_string(),
+            ));
+        }
+        let result = handle.await;
+        if self.dice.roll(self.faults.lose_reply_per_mille) {
+            return Err(ServiceError::Indeterminate(
+                "reply lost (fault injection)".to_string(),
+            ));
+        }
+        result
+    }
+
     fn check_key(&self, key: &[u8]) -> Result<(), ServiceError> {
         if key.len() > self.limits.key_bytes_max {
             return Err(ServiceError::Refused(KvError::KeyTooLarge {
@@ -524,6 +562,50 @@ impl ShardKv for ClientService {
         seq: u64,
         op: WriteOp,
     ) -> Result<WriteReply, ServiceError> {
+        let this = self.clone();
+        self.faulty(this.write_inner(client_id, seq, op)).await
+    }
+
+    async fn read(self, _: context::Context, op: ReadOp) -> Result<ReadReply, ServiceError> {
+        let this = self.clone();
+        self.faulty(this.read_inner(op)).await
+    }
+
+    async fn pull_shard(
+        self,
+        _: context::Context,
+        shard: ShardId,
+        num: ConfigNum,
+        after: Option<Cursor>,
+        max_bytes: u64,
+    ) -> Result<PullReply, ServiceError> {
+        let this = self.clone();
+        self.faulty(this.pull_shard_inner(shard, num, after, max_bytes))
+            .await
+    }
+
+    async fn delete_shard(
+        self,
+        _: context::Context,
+        shard: ShardId,
+        num: ConfigNum,
+    ) -> Result<(), ServiceError> {
+        let this = self.clone();
+        self.faulty(this.delete_shard_inner(shard, num)).await
+    }
+
+    async fn status(self, _: context::Context) -> Result<ReplicaStatus, ServiceError> {
+        Ok(status(&self.machine, &self.node, self.gid))
+    }
+}
+
+impl ClientService {
+    async fn write_inner(
+        self,
+        client_id: ClientId,
+        seq: u64,
+        op: WriteOp,
+    ) -> Result<WriteReply, ServiceError> {
         self.check_key(op.key())?;
         if op.value_len() > self.limits.value_bytes_max {
             return Err(ServiceError::Refused(KvError::ValueTooLarge {
@@ -555,7 +637,7 @@ impl ShardKv for ClientService {
         }
     }
 
-    async fn read(self, _: context::Context, op: ReadOp) -> Result<ReadReply, ServiceError> {
+    async fn read_inner(self, op: ReadOp) -> Result<ReadReply, ServiceError> {
         let key = match &op {
             ReadOp::Get { key } => key,
             ReadOp::Scan { start, end, .. } => {
@@ -582,9 +664,8 @@ impl ShardKv for ClientService {
         }
     }
 
-    async fn pull_shard(
+    async fn pull_shard_inner(
         self,
-        _: context::Context,
         shard: ShardId,
         num: ConfigNum,
         after: Option<Cursor>,
@@ -622,12 +703,7 @@ impl ShardKv for ClientService {
         .map_err(|cause| ServiceError::Stopped(format!("pull task failed: {cause}")))?
     }
 
-    async fn delete_shard(
-        self,
-        _: context::Context,
-        shard: ShardId,
-        num: ConfigNum,
-    ) -> Result<(), ServiceError> {
+    async fn delete_shard_inner(self, shard: ShardId, num: ConfigNum) -> Result<(), ServiceError> {
         let at = self.machine.lock().group().num;
         if at < num {
             return Err(ServiceError::NotReady(format!(
@@ -648,9 +724,5 @@ impl ShardKv for ClientService {
                 "undecodable reply: {error}"
             ))),
         }
-    }
-
-    async fn status(self, _: context::Context) -> Result<ReplicaStatus, ServiceError> {
-        Ok(status(&self.machine, &self.node, self.gid))
     }
 }

@@ -19,6 +19,7 @@ use controller::{
     ControllerServer, ControllerServerConfig, Gid, MemberAddrs, ShardId,
 };
 use paxos_log::{DriverOptions, NetLimits, NodeId, Role};
+use shardkv::faults::Faults;
 use shardkv::migration::MigrationOptions;
 use shardkv::{Clerk, ClerkOptions, GroupState, Limits, ShardKvServer, ShardKvServerConfig};
 use tempfile::TempDir;
@@ -41,6 +42,9 @@ pub struct ClusterOptions {
     pub limits: Limits,
     /// Migration timing of every group.
     pub migration: MigrationOptions,
+    /// Faults injected into every group replica (each replica's seed is
+    /// this seed mixed with its gid and node id).
+    pub faults: Faults,
 }
 
 impl Default for ClusterOptions {
@@ -60,6 +64,7 @@ impl Default for ClusterOptions {
                 poll_interval: Duration::from_millis(20),
                 rpc_timeout: Duration::from_secs(1),
             },
+            faults: Faults::default(),
         }
     }
 }
@@ -229,6 +234,10 @@ impl Cluster {
             migration: self.options.migration.clone(),
             driver: self.options.driver.clone(),
             net: net(),
+            faults: Faults {
+                seed: self.options.faults.seed ^ (gid << 32) ^ node.0,
+                ..self.options.faults
+            },
             ..ShardKvServerConfig::new(
                 node,
                 gid,
@@ -299,7 +308,7 @@ impl Cluster {
 
     /// Splits the shard containing `key` at `key`.
     pub async fn split(&mut self, key: &[u8]) -> (ConfigNum, ShardId) {
-        self.admin.split(key.to_vec()).await.expect("split")
+        self.admin.split(Vec::from(key)).await.expect("split")
     }
 
     /// The controller's latest configuration.
