@@ -203,3 +203,21 @@ pub(crate) fn parse_addrs(addrs: &[String]) -> Vec<std::net::SocketAddr> {
         })
         .collect()
 }
+
+/// Opens a client connection to the [`ShardKv`] service at `addr` (for
+/// tools and tests; the clerk manages its own). The connection's dispatch
+/// task runs on the current runtime until the client is dropped.
+pub async fn connect(
+    addr: std::net::SocketAddr,
+    net: &paxos_log::NetLimits,
+) -> std::io::Result<ShardKvClient> {
+    let transport = paxos_log::net::codec::connect_framed(addr, net).await?;
+    let tarpc::client::NewClient { client, dispatch } =
+        ShardKvClient::new(tarpc::client::Config::default(), transport);
+    tokio::spawn(async move {
+        if let Err(cause) = dispatch.await {
+            tracing::debug!(%addr, %cause, "shardkv connection ended");
+        }
+    });
+    Ok(client)
+}
