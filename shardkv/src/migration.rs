@@ -23,6 +23,7 @@
 //! or a change of leader: the cursor of a pull and the pending deletions are
 //! part of the group state.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,6 +84,9 @@ pub(crate) async fn run(
     clerk_options.rpc_timeout = options.rpc_timeout;
     clerk_options.net = net.clone();
     let mut controller = ControllerClerk::new(controllers, clerk_options);
+    // Dropping the set (when this task is aborted) aborts every piece.
+    let mut work = tokio::task::JoinSet::new();
+    let mut running: BTreeMap<ShardId, tokio::task::AbortHandle> = BTreeMap::new();
     let mut ticks = tokio::time::interval(options.poll_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let cx = Arc::new(Context {
@@ -119,32 +123,38 @@ pub(crate) async fn run(
                 Err(err) => debug!(%err, "asking the controller for the next configuration"),
             }
         }
-        let mut work = tokio::task::JoinSet::new();
+        // Reap finished pieces of work; start one for every shard that
+        // needs work and has none running. Pieces run on their own, so a
+        // previous owner that does not answer holds up neither the other
+        // shards nor the next configuration.
+        while let Some(finished) = work.try_join_next() {
+            if let Err(cause) = finished {
+                warn!(%cause, "a migration step failed");
+            }
+        }
+        running.retain(|_, handle: &mut tokio::task::AbortHandle| !handle.is_finished());
         for (&shard, entry) in &group.shards {
-            match &entry.state {
+            if running.contains_key(&shard) {
+                continue;
+            }
+            let handle = match &entry.state {
                 ShardState::Pulling { addrs, after, .. } => {
                     let cx = Arc::clone(&cx);
                     let (addrs, after, num) = (parse_addrs(addrs), after.clone(), entry.num);
                     work.spawn(async move {
                         pull(&cx, shard, num, addrs, after).await;
-                    });
+                    })
                 }
                 ShardState::Serving { gc: Some(notice) } => {
                     let cx = Arc::clone(&cx);
                     let (notice, num) = (notice.clone(), entry.num);
                     work.spawn(async move {
                         collect(&cx, shard, num, &notice).await;
-                    });
+                    })
                 }
-                _ => {}
-            }
-        }
-        // Concurrent, so one unreachable owner holds up no other shard;
-        // dropping the set (when the task is aborted) aborts them all.
-        while let Some(result) = work.join_next().await {
-            if let Err(cause) = result {
-                warn!(%cause, "a migration step failed");
-            }
+                _ => continue,
+            };
+            running.insert(shard, handle);
         }
     }
 }
