@@ -21,6 +21,10 @@ pub const KEY_BYTES_CEILING: usize = controller::limits::MAX_KEY_BYTES;
 /// log entry and one network frame with room to spare.
 pub const VALUE_BYTES_CEILING: usize = 8 << 20;
 
+/// Length of every value `put_hash` stores (16 hex digits); no smaller
+/// value limit is accepted.
+pub const PUT_HASH_VALUE_BYTES: usize = 16;
+
 /// Most items one scan request returns from one shard, whatever the caller
 /// asks for; the clerk asks again for more.
 pub const SCAN_ITEMS_CEILING: usize = 10_000;
@@ -74,9 +78,11 @@ impl Limits {
                 self.key_bytes_max
             ));
         }
-        if self.value_bytes_max == 0 || self.value_bytes_max > VALUE_BYTES_CEILING {
+        if self.value_bytes_max < PUT_HASH_VALUE_BYTES || self.value_bytes_max > VALUE_BYTES_CEILING
+        {
             return Err(format!(
-                "value_bytes_max must be 1 to {VALUE_BYTES_CEILING}, not {}",
+                "value_bytes_max must be {PUT_HASH_VALUE_BYTES} (a put_hash value) to \
+                 {VALUE_BYTES_CEILING}, not {}",
                 self.value_bytes_max
             ));
         }

@@ -626,6 +626,13 @@ impl ShardMachine {
                 if !self.group.serves(shard.id) {
                     return wrong_group();
                 }
+                if *limit == 0 {
+                    // Nothing asked for: the whole range is still ahead.
+                    return Ok(Outcome::Ok(ReadReply::Items {
+                        items: Vec::new(),
+                        resume: Some(start.clone()),
+                    }));
+                }
                 // The scan stops at the end of the shard or of the range,
                 // whichever comes first.
                 let (stop, shard_end_first) = match (&shard.end, end) {
@@ -772,11 +779,56 @@ impl ShardMachine {
             .map_err(|err| format!("corrupt shardkv snapshot: {err}"))
     }
 
+    /// Everything that could make installing `trees` fail half-way, checked
+    /// before the store is touched: an error leaves the state unchanged.
+    fn check_snapshot(&self, slot: Slot, trees: &[TreeDump]) -> Result<(), String> {
+        let corrupt = |what: String| Err(format!("corrupt shardkv snapshot: {what}"));
+        let mut ids = std::collections::BTreeSet::new();
+        for tree in trees {
+            if tree.id == DURABLE_TREE || tree.applied > slot || tree.applied == 0 {
+                return corrupt(format!(
+                    "tree {} (applied {}) is not a state tree applied at or below slot {slot}",
+                    tree.id, tree.applied
+                ));
+            }
+            if !ids.insert(tree.id) {
+                return corrupt(format!("tree {} appears twice", tree.id));
+            }
+            // The import refuses records out of order: find out now.
+            let in_order = tree
+                .records
+                .windows(2)
+                .all(|pair| (pair[0].space, &pair[0].key) < (pair[1].space, &pair[1].key));
+            if !in_order {
+                return corrupt(format!("the records of tree {} are not in order", tree.id));
+            }
+        }
+        let group = trees.iter().find(|tree| tree.id == GROUP_TREE).map(|tree| {
+            let state = tree
+                .records
+                .iter()
+                .find(|record| record.space == RecordSpace::Aux && record.key == GROUP_STATE_KEY);
+            state.map(|record| {
+                bincode_options(record.value.len()).deserialize::<GroupState>(&record.value)
+            })
+        });
+        match group {
+            Some(Some(Ok(group))) if group.gid != self.group.gid => corrupt(format!(
+                "it holds the state of group {}, not of group {}",
+                group.gid, self.group.gid
+            )),
+            Some(Some(Err(err))) => corrupt(format!("the group state does not decode: {err}")),
+            Some(None) => corrupt("the group tree holds no group state".to_string()),
+            _ => Ok(()),
+        }
+    }
+
     fn restore_trees(&mut self, slot: Slot, trees: Vec<TreeDump>) -> Result<(), StorageError> {
         // Clear the durable mark first: a crash from here on leaves a store
         // the driver restores again at the next start.
         self.drop_tree(DURABLE_TREE)?;
         self.store.flush()?;
+        self.durable = 0;
         for status in self.store.shards()? {
             self.drop_tree(status.id)?;
         }
@@ -861,18 +913,9 @@ impl StateMachine for ShardMachine {
 
     fn restore(&mut self, slot: Slot, snapshot: &[u8]) -> Result<(), String> {
         let trees = Self::decode_snapshot(snapshot)?;
-        if let Some(tree) = trees
-            .iter()
-            .find(|tree| tree.id == DURABLE_TREE || tree.applied > slot)
-        {
-            return Err(format!(
-                "corrupt shardkv snapshot: tree {} is not a state tree at or below slot {slot}",
-                tree.id
-            ));
-        }
+        self.check_snapshot(slot, &trees)?;
         self.restore_trees(slot, trees).map_err(|err| {
-            let reason = self.fail(&err);
-            let _ = reason;
+            let _ = self.fail(&err);
             format!("restoring a snapshot at slot {slot}: {err}")
         })?;
         self.failed = None;
