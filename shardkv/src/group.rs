@@ -93,6 +93,12 @@ pub struct GroupState {
     pub config: Option<Configuration>,
     /// Every shard the group holds, by id.
     pub shards: BTreeMap<ShardId, ShardEntry>,
+    /// Previous owners still to be told to delete their copy of a shard
+    /// this group gained (in the configuration of the key) and lost again
+    /// before they confirmed. Served shards keep theirs in
+    /// [`ShardState::Serving`].
+    #[serde(default)]
+    pub gc_pending: BTreeMap<(ShardId, ConfigNum), GcNotice>,
 }
 
 impl GroupState {
@@ -103,6 +109,7 @@ impl GroupState {
             num: 0,
             config: None,
             shards: BTreeMap::new(),
+            gc_pending: BTreeMap::new(),
         }
     }
 

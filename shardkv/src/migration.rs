@@ -156,6 +156,17 @@ pub(crate) async fn run(
             };
             running.insert(shard, handle);
         }
+        for (&(shard, num), notice) in &group.gc_pending {
+            if running.contains_key(&shard) {
+                continue;
+            }
+            let cx = Arc::clone(&cx);
+            let notice = notice.clone();
+            let handle = work.spawn(async move {
+                collect(&cx, shard, num, &notice).await;
+            });
+            running.insert(shard, handle);
+        }
     }
 }
 

@@ -60,6 +60,26 @@ use crate::{DURABLE_TREE, GROUP_TREE};
 /// First byte of every shardkv snapshot.
 pub const SNAPSHOT_VERSION: u8 = 1;
 
+/// Commands one slot may hold: a batch of the log is one slot, and each of
+/// its commands gets its own entry index.
+pub const POSITIONS_PER_SLOT: u64 = 1 << 16;
+
+/// The index of the command at `position` of the batch chosen in `slot`:
+/// `slot * 2^16 + position`. Every tree's applied index counts these, so
+/// that each command of a batch is applied to a tree exactly once, also
+/// when a crash interrupts a batch and the log is replayed.
+pub fn entry_index(slot: Slot, position: u64) -> Result<u64, String> {
+    if position >= POSITIONS_PER_SLOT {
+        return Err(format!(
+            "slot {slot} holds more than {POSITIONS_PER_SLOT} commands; configure the log's \
+             batch_commands_max below that"
+        ));
+    }
+    slot.checked_mul(POSITIONS_PER_SLOT)
+        .map(|base| base + position)
+        .ok_or_else(|| format!("slot {slot} is beyond the entry index range"))
+}
+
 /// Key of the group state in the group tree's aux space.
 const GROUP_STATE_KEY: &[u8] = b"state";
 
@@ -74,6 +94,8 @@ pub struct ShardMachine {
     durable: Slot,
     /// The last slot the driver applied.
     last_slot: Slot,
+    /// How many commands of `last_slot` came before the last one applied.
+    position: u64,
     /// Limits for answering reads (writes carry their own).
     limits: Limits,
     /// Set when the store failed; every later command is answered
@@ -143,6 +165,7 @@ impl ShardMachine {
             applied,
             durable,
             last_slot: durable,
+            position: 0,
             limits,
             failed: None,
         })
@@ -172,24 +195,25 @@ impl ShardMachine {
         self.applied.get(&tree).copied().unwrap_or(0)
     }
 
-    /// Applies `batch` to `tree` at `slot` unless the tree already has it.
+    /// Applies `batch` to `tree` as entry `entry` (see [`entry_index`])
+    /// unless the tree already has it.
     fn write_tree(
         &mut self,
         tree: ShardId,
-        slot: Slot,
+        entry: u64,
         batch: &ShardBatch,
     ) -> Result<(), StorageError> {
-        if slot <= self.applied(tree) {
+        if entry <= self.applied(tree) {
             return Ok(());
         }
-        self.store.apply(tree, slot, batch)?;
-        self.applied.insert(tree, slot);
+        self.store.apply(tree, entry, batch)?;
+        self.applied.insert(tree, entry);
         Ok(())
     }
 
-    /// Writes the group state at `slot`: the last step of every entry that
+    /// Writes the group state at `entry`: the last step of every entry that
     /// changes it, after the barrier flush.
-    fn write_group(&mut self, slot: Slot, group: GroupState) -> Result<(), StorageError> {
+    fn write_group(&mut self, entry: u64, group: GroupState) -> Result<(), StorageError> {
         self.store.flush()?;
         let mut batch = ShardBatch::new();
         batch.put(
@@ -199,7 +223,7 @@ impl ShardMachine {
                 .serialize(&group)
                 .unwrap_or_default(),
         );
-        self.write_tree(GROUP_TREE, slot, &batch)?;
+        self.write_tree(GROUP_TREE, entry, &batch)?;
         self.group = group;
         Ok(())
     }
@@ -210,7 +234,7 @@ impl ShardMachine {
         Ok(())
     }
 
-    fn apply_command(&mut self, slot: Slot, command: Command) -> Result<Vec<u8>, StorageError> {
+    fn apply_command(&mut self, entry: u64, command: Command) -> Result<Vec<u8>, StorageError> {
         match command {
             Command::Write {
                 client_id,
@@ -219,25 +243,25 @@ impl ShardMachine {
                 limits,
                 op,
             } => {
-                let outcome = self.apply_write(slot, client_id, seq, stamp_ms, &limits, op)?;
+                let outcome = self.apply_write(entry, client_id, seq, stamp_ms, &limits, op)?;
                 Ok(outcome)
             }
             other => {
-                if slot <= self.applied(GROUP_TREE) {
+                if entry <= self.applied(GROUP_TREE) {
                     // Replay of an entry the group tree has: every tree has it.
                     return Ok(encode(&Outcome::Ok(false)));
                 }
                 let applied = match other {
-                    Command::InstallConfig { config } => self.install_config(slot, config)?,
+                    Command::InstallConfig { config } => self.install_config(entry, config)?,
                     Command::InstallChunk {
                         shard,
                         num,
                         after,
                         records,
                         done,
-                    } => self.install_chunk(slot, shard, num, after, records, done)?,
-                    Command::DeleteShard { shard, num } => self.delete_shard(slot, shard, num)?,
-                    Command::GcDone { shard, num } => self.gc_done(slot, shard, num)?,
+                    } => self.install_chunk(entry, shard, num, after, records, done)?,
+                    Command::DeleteShard { shard, num } => self.delete_shard(entry, shard, num)?,
+                    Command::GcDone { shard, num } => self.gc_done(entry, shard, num)?,
                     Command::Write { .. } => false,
                 };
                 Ok(encode(&Outcome::Ok(applied)))
@@ -247,7 +271,7 @@ impl ShardMachine {
 
     fn apply_write(
         &mut self,
-        slot: Slot,
+        entry: u64,
         client_id: ClientId,
         seq: u64,
         stamp_ms: u64,
@@ -266,7 +290,7 @@ impl ShardMachine {
                 num: self.group.num,
             });
         }
-        if slot <= self.applied(shard) {
+        if entry <= self.applied(shard) {
             // Replayed after a restart: the shard has it; nobody waits.
             return Ok(encode(&Outcome::Ok(WriteReply::Done)));
         }
@@ -351,11 +375,11 @@ impl ShardMachine {
             reply.clone(),
             limits,
         )?;
-        self.write_tree(shard, slot, &batch)?;
+        self.write_tree(shard, entry, &batch)?;
         Ok(reply)
     }
 
-    fn install_config(&mut self, slot: Slot, config: Configuration) -> Result<bool, StorageError> {
+    fn install_config(&mut self, entry: u64, config: Configuration) -> Result<bool, StorageError> {
         let changes = match plan(&self.group, &config) {
             Ok(changes) => changes,
             Err(reason) => {
@@ -385,7 +409,7 @@ impl ShardMachine {
                     // Every change of a shard's state writes the shard's
                     // tree at the entry's slot, so that no write refused
                     // before it is applied when replayed after it.
-                    self.write_tree(shard, slot, &ShardBatch::new())?;
+                    self.write_tree(shard, entry, &ShardBatch::new())?;
                     group.shards.insert(
                         shard,
                         ShardEntry {
@@ -411,7 +435,16 @@ impl ShardMachine {
                     );
                 }
                 Change::Freeze { shard, to } => {
-                    self.write_tree(shard, slot, &ShardBatch::new())?;
+                    self.write_tree(shard, entry, &ShardBatch::new())?;
+                    if let Some(ShardEntry {
+                        num: gained_at,
+                        state: ShardState::Serving { gc: Some(notice) },
+                    }) = group.shards.get(&shard)
+                    {
+                        // Lost again before the previous owner confirmed
+                        // its deletion: keep telling it.
+                        group.gc_pending.insert((shard, *gained_at), notice.clone());
+                    }
                     group.shards.insert(
                         shard,
                         ShardEntry {
@@ -421,7 +454,7 @@ impl ShardMachine {
                     );
                 }
                 Change::Split { parent, child, at } => {
-                    self.split(slot, parent, child, &at)?;
+                    self.split(entry, parent, child, &at)?;
                     let gc = None;
                     group.shards.insert(
                         child,
@@ -435,7 +468,7 @@ impl ShardMachine {
         }
         group.num = num;
         group.config = Some(config);
-        self.write_group(slot, group)?;
+        self.write_group(entry, group)?;
         info!(num, "installed configuration");
         Ok(true)
     }
@@ -446,12 +479,12 @@ impl ShardMachine {
     /// replays only the parent's part.
     fn split(
         &mut self,
-        slot: Slot,
+        entry: u64,
         parent: ShardId,
         child: ShardId,
         at: &[u8],
     ) -> Result<(), StorageError> {
-        if slot > self.applied(child) {
+        if entry > self.applied(child) {
             let upper = self.store.scan(
                 parent,
                 Space::Data,
@@ -464,11 +497,11 @@ impl ShardMachine {
                 .map(|(key, value)| (Space::Data, key, value))
                 .chain(aux.into_iter().map(|(key, value)| (Space::Aux, key, value)))
                 .map(|(space, key, value)| Ok(ExportRecord { space, key, value }));
-            self.store.import(child, slot, records)?;
-            self.applied.insert(child, slot);
+            self.store.import(child, entry, records)?;
+            self.applied.insert(child, entry);
             self.store.flush()?;
         }
-        if slot > self.applied(parent) {
+        if entry > self.applied(parent) {
             let mut batch = ShardBatch::new();
             for (key, _) in self.store.scan(
                 parent,
@@ -478,21 +511,21 @@ impl ShardMachine {
             )? {
                 batch.delete(Space::Data, &key);
             }
-            self.write_tree(parent, slot, &batch)?;
+            self.write_tree(parent, entry, &batch)?;
         }
         Ok(())
     }
 
     fn install_chunk(
         &mut self,
-        slot: Slot,
+        entry: u64,
         shard: ShardId,
         num: ConfigNum,
         after: Option<Cursor>,
         records: Vec<Record>,
         done: bool,
     ) -> Result<bool, StorageError> {
-        let Some(entry) = self.group.shards.get(&shard) else {
+        let Some(held) = self.group.shards.get(&shard) else {
             return Ok(false);
         };
         let ShardState::Pulling {
@@ -501,11 +534,11 @@ impl ShardMachine {
             after: expected,
             records: count,
             bytes,
-        } = &entry.state
+        } = &held.state
         else {
             return Ok(false);
         };
-        if entry.num != num || *expected != after {
+        if held.num != num || *expected != after {
             // A duplicate or late chunk: the shard moved on.
             return Ok(false);
         }
@@ -545,10 +578,10 @@ impl ShardMachine {
                 bytes: bytes + added_bytes,
             }
         };
-        self.write_tree(shard, slot, &batch)?;
+        self.write_tree(shard, entry, &batch)?;
         let mut group = self.group.clone();
         group.shards.insert(shard, ShardEntry { num, state });
-        self.write_group(slot, group)?;
+        self.write_group(entry, group)?;
         if done {
             info!(shard, num, "shard arrived; serving");
         }
@@ -557,7 +590,7 @@ impl ShardMachine {
 
     fn delete_shard(
         &mut self,
-        slot: Slot,
+        entry: u64,
         shard: ShardId,
         num: ConfigNum,
     ) -> Result<bool, StorageError> {
@@ -571,30 +604,32 @@ impl ShardMachine {
         self.drop_tree(shard)?;
         let mut group = self.group.clone();
         group.shards.remove(&shard);
-        self.write_group(slot, group)?;
+        self.write_group(entry, group)?;
         info!(shard, num, "deleted a shard its new owner has");
         Ok(true)
     }
 
     fn gc_done(
         &mut self,
-        slot: Slot,
+        entry: u64,
         shard: ShardId,
         num: ConfigNum,
     ) -> Result<bool, StorageError> {
-        let pending = matches!(
-            self.group.shards.get(&shard),
-            Some(ShardEntry { num: gained_at, state: ShardState::Serving { gc: Some(_) } })
-                if *gained_at == num
-        );
-        if !pending {
+        let mut group = self.group.clone();
+        let serving = match group.shards.get_mut(&shard) {
+            Some(held) if held.num == num => match &mut held.state {
+                ShardState::Serving { gc } if gc.is_some() => {
+                    *gc = None;
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if !serving && group.gc_pending.remove(&(shard, num)).is_none() {
             return Ok(false);
         }
-        let mut group = self.group.clone();
-        if let Some(entry) = group.shards.get_mut(&shard) {
-            entry.state = ShardState::Serving { gc: None };
-        }
-        self.write_group(slot, group)?;
+        self.write_group(entry, group)?;
         Ok(true)
     }
 
@@ -785,7 +820,8 @@ impl ShardMachine {
         let corrupt = |what: String| Err(format!("corrupt shardkv snapshot: {what}"));
         let mut ids = std::collections::BTreeSet::new();
         for tree in trees {
-            if tree.id == DURABLE_TREE || tree.applied > slot || tree.applied == 0 {
+            let last_entry = entry_index(slot, POSITIONS_PER_SLOT - 1)?;
+            if tree.id == DURABLE_TREE || tree.applied > last_entry || tree.applied == 0 {
                 return corrupt(format!(
                     "tree {} (applied {}) is not a state tree applied at or below slot {slot}",
                     tree.id, tree.applied
@@ -851,6 +887,7 @@ impl ShardMachine {
         self.store.flush()?;
         self.durable = slot;
         self.last_slot = slot;
+        self.position = 0;
         let gid = self.group.gid;
         self.group = match self.store.get(GROUP_TREE, Space::Aux, GROUP_STATE_KEY) {
             Ok(Some(bytes)) => bincode_options(bytes.len())
@@ -866,7 +903,25 @@ impl ShardMachine {
 
 impl StateMachine for ShardMachine {
     fn apply(&mut self, slot: Slot, command: &[u8]) -> Vec<u8> {
-        self.last_slot = self.last_slot.max(slot);
+        // The driver applies every command of a batch with the batch's
+        // slot: number them within it.
+        if slot == self.last_slot {
+            self.position += 1;
+        } else {
+            // The driver applies slots in order; a lower slot (a test
+            // replaying old entries) only starts a new numbering, and the
+            // trees' applied indexes skip what they have.
+            self.last_slot = slot;
+            self.position = 0;
+        }
+        let entry = match entry_index(slot, self.position) {
+            Ok(entry) => entry,
+            Err(reason) => {
+                error!(%reason, "replica stops serving");
+                self.failed = Some(reason.clone());
+                return encode(&Outcome::<()>::Failed(reason));
+            }
+        };
         if let Some(reason) = &self.failed {
             return encode(&Outcome::<()>::Failed(reason.clone()));
         }
@@ -874,7 +929,7 @@ impl StateMachine for ShardMachine {
             Ok(command) => command,
             Err(error) => return encode(&Outcome::<()>::Refused(error)),
         };
-        match self.apply_command(slot, command) {
+        match self.apply_command(entry, command) {
             Ok(reply) => reply,
             Err(err) => self.fail(&err),
         }

@@ -422,6 +422,7 @@ impl Cluster {
                             !matches!(entry.state, shardkv::ShardState::Serving { gc: None })
                                 && !matches!(entry.state, shardkv::ShardState::Frozen { .. })
                         });
+                        let busy = busy || !state.gc_pending.is_empty();
                         (state.num < num || busy).then(|| {
                             format!(
                                 "g{gid}/n{} at configuration {} {:?}",

@@ -110,8 +110,9 @@ async fn join_moves_shards_and_keeps_the_data() {
             .wait_settled(&[1], num, Duration::from_secs(20))
             .await;
         let mut clerk = cluster.clerk(1);
-        let keys: Vec<Vec<u8>> = (0..60)
-            .map(|i| format!("{}{i}", (b' ' + (i * 3 % 94) as u8) as char).into_bytes())
+        // Keys starting with every third printable character: all shards.
+        let keys: Vec<Vec<u8>> = (0u8..60)
+            .map(|i| format!("{}{i}", char::from(b' ' + i * 3 % 94)).into_bytes())
             .collect();
         for key in &keys {
             clerk.put(key, key).await.unwrap();
