@@ -330,6 +330,8 @@ impl Clerk {
         let mut backoff = self.options.backoff_min;
         let mut may_have_applied = false;
         let mut hint: Option<SocketAddr> = None;
+        // Replicas of the current group that failed one after another.
+        let mut unreachable_in_group = 0usize;
         let mut last_cause = String::from("no attempt finished before the deadline");
         while Instant::now() < deadline {
             let (gid, target) = match self.route(key, hint.take()).await {
@@ -358,6 +360,9 @@ impl Clerk {
             debug!(%target, gid, %cause, definite, "attempt failed; retrying");
             may_have_applied |= write && !definite;
             last_cause = cause;
+            if !matches!(next, Next::Other) {
+                unreachable_in_group = 0;
+            }
             match next {
                 Next::Same => {
                     self.leaders.insert(gid, target);
@@ -370,6 +375,18 @@ impl Clerk {
                 Next::Other => {
                     self.leaders.remove(&gid);
                     *self.next_index.entry(gid).or_insert(0) += 1;
+                    unreachable_in_group += 1;
+                    let replicas = self
+                        .config
+                        .as_ref()
+                        .and_then(|config| config.groups.get(&gid));
+                    if unreachable_in_group >= replicas.map_or(1, Vec::len) {
+                        // No replica of the group answers: the group may
+                        // have left and shut down since the configuration
+                        // was cached. Ask the controller again.
+                        self.config = None;
+                        unreachable_in_group = 0;
+                    }
                     self.pause(&mut backoff, deadline).await;
                 }
                 Next::Refresh(num) => {

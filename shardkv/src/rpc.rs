@@ -180,8 +180,9 @@ impl Drop for Connections {
     }
 }
 
-/// A tarpc context whose deadline is `timeout` from now.
-pub(crate) fn context_within(timeout: std::time::Duration) -> tarpc::context::Context {
+/// A tarpc context whose deadline is `timeout` from now, for calls through
+/// a [`ShardKvClient`].
+pub fn context_within(timeout: std::time::Duration) -> tarpc::context::Context {
     let mut ctx = tarpc::context::current();
     ctx.deadline = std::time::Instant::now()
         .checked_add(timeout)

@@ -66,7 +66,6 @@ use paxos_log::{DriverOptions, NetLimits, NodeId};
 use shardkv::migration::MigrationOptions;
 use shardkv::rpc::ReplicaStatus;
 use shardkv::server::ServerError;
-use shardkv::wire::{decode, encode, Outcome};
 use shardkv::{Clerk, ClerkError, ClerkOptions, ShardKvServer, ShardKvServerConfig};
 use tempfile::TempDir;
 
@@ -877,17 +876,7 @@ async fn replica_status(addr: SocketAddr) -> Result<ReplicaStatus, String> {
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
-    // The call needs a tarpc `Context` with a deadline, and this crate does
-    // not depend on tarpc. Its serde form is (deadline as a Duration from
-    // now, trace id as 16 bytes, span id, sampling decision), so decoding
-    // that through shardkv's bincode codec (as the `Ok` of an `Outcome`)
-    // builds one; the type is inferred from `status`.
-    let bytes = encode(&Outcome::Ok((STATUS_TIMEOUT, ([0u8; 16], 0u64, 1u32))));
-    let ctx = match decode(&bytes) {
-        Ok(Outcome::Ok(ctx)) => ctx,
-        Ok(_) => unreachable!("encoded as Ok"),
-        Err(e) => panic!("cannot build a tarpc context from its serde form (tarpc changed?): {e}"),
-    };
+    let ctx = shardkv::rpc::context_within(STATUS_TIMEOUT);
     match tokio::time::timeout(STATUS_TIMEOUT, client.status(ctx)).await {
         Ok(Ok(Ok(status))) => Ok(status),
         Ok(Ok(Err(e))) => Err(format!("status refused: {e}")),
