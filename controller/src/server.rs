@@ -46,13 +46,13 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use paxos_log::net::service::{ConnectionStats, TarpcServer};
 use paxos_log::net::{PeerListener, ServerHandle};
 use paxos_log::{
-    Config, DriverOptions, NetLimits, Node, NodeError, NodeHandle, NodeId, NodeMetrics, Slot,
-    StartError, StateMachine, TarpcTransport, WalAcceptorStore,
+    Config, DriverOptions, NetLimits, Node, NodeError, NodeHandle, NodeId, NodeMetrics,
+    SharedStateMachine, StartError, TarpcTransport, WalAcceptorStore,
 };
 use storage::snapshot::SnapshotStore;
 use storage::wal::WalOptions;
@@ -214,44 +214,9 @@ impl ControllerListeners {
     }
 }
 
-/// The controller state machine, shared between the driver thread (which
-/// applies, reads and snapshots through [`StateMachine`]) and the server
-/// (which reads the local state for status and tests).
-#[derive(Debug, Clone)]
-struct SharedMachine(Arc<Mutex<ControllerStateMachine>>);
-
-impl SharedMachine {
-    fn lock(&self) -> MutexGuard<'_, ControllerStateMachine> {
-        // Every method of the state machine leaves it consistent before it
-        // could panic (it decodes and checks before it mutates), so a
-        // poisoned lock still guards a usable state.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl StateMachine for SharedMachine {
-    fn apply(&mut self, slot: Slot, command: &[u8]) -> Vec<u8> {
-        self.lock().apply(slot, command)
-    }
-
-    fn read(&mut self, query: &[u8]) -> Vec<u8> {
-        self.lock().read(query)
-    }
-
-    fn durable_slot(&self) -> Slot {
-        self.lock().durable_slot()
-    }
-
-    fn snapshot(&mut self) -> Option<Vec<u8>> {
-        self.lock().snapshot()
-    }
-
-    fn restore(&mut self, slot: Slot, snapshot: &[u8]) -> Result<(), String> {
-        self.lock().restore(slot, snapshot)
-    }
-}
+/// The controller state machine, shared between the driver thread and the
+/// server (which reads the local state for status and tests).
+type SharedMachine = SharedStateMachine<ControllerStateMachine>;
 
 /// A running controller replica. [`ControllerServer::shutdown`] stops it
 /// and frees its ports; dropping it stops it without waiting.
@@ -305,9 +270,7 @@ impl ControllerServer {
                 "members do not include {node_id}"
             )));
         }
-        let machine = SharedMachine(Arc::new(Mutex::new(ControllerStateMachine::new(
-            initial_shards,
-        )?)));
+        let machine = SharedMachine::new(ControllerStateMachine::new(initial_shards)?);
         let peers: BTreeMap<NodeId, SocketAddr> = members
             .iter()
             .filter(|(id, _)| **id != node_id)

@@ -51,7 +51,7 @@ pub use crate::membership::Membership;
 pub use crate::message::{Envelope, Message, PromisedSlot, SlotValue};
 pub use crate::net::{NetLimits, TarpcTransport};
 pub use crate::ready::{PersistOp, ReadReady, Ready};
-pub use crate::state_machine::StateMachine;
+pub use crate::state_machine::{SharedStateMachine, StateMachine};
 pub use crate::store::{AcceptorStore, MemAcceptorStore, RecoveredState, WalAcceptorStore};
 pub use crate::transport::{ChannelTransport, Transport};
 pub use crate::types::{Ballot, Command, Entry, NodeId, Slot, Value};

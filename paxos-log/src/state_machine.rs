@@ -1,4 +1,7 @@
-//! The application the log drives: [`StateMachine`].
+//! The application the log drives: [`StateMachine`], and
+//! [`SharedStateMachine`] to share one with the rest of a server.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::types::Slot;
 
@@ -41,5 +44,56 @@ pub trait StateMachine: Send + 'static {
     fn restore(&mut self, slot: Slot, snapshot: &[u8]) -> Result<(), String> {
         let _ = (slot, snapshot);
         Err("this state machine does not support snapshots".to_string())
+    }
+}
+
+/// A state machine shared between the driver thread, which applies, reads
+/// and snapshots through [`StateMachine`], and the rest of a server (status
+/// pages, tests, background tasks reading the local state). The driver
+/// holds the lock for one call at a time.
+///
+/// A panic inside a method poisons the lock; [`SharedStateMachine::lock`]
+/// still hands the state out, so a shared state machine must leave itself
+/// consistent before anything that could panic (decide, then write).
+#[derive(Debug, Default)]
+pub struct SharedStateMachine<M>(Arc<Mutex<M>>);
+
+impl<M> Clone for SharedStateMachine<M> {
+    fn clone(&self) -> Self {
+        SharedStateMachine(Arc::clone(&self.0))
+    }
+}
+
+impl<M> SharedStateMachine<M> {
+    /// Shares `machine`.
+    pub fn new(machine: M) -> Self {
+        SharedStateMachine(Arc::new(Mutex::new(machine)))
+    }
+
+    /// The state machine, locked.
+    pub fn lock(&self) -> MutexGuard<'_, M> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<M: StateMachine> StateMachine for SharedStateMachine<M> {
+    fn apply(&mut self, slot: Slot, command: &[u8]) -> Vec<u8> {
+        self.lock().apply(slot, command)
+    }
+
+    fn read(&mut self, query: &[u8]) -> Vec<u8> {
+        self.lock().read(query)
+    }
+
+    fn durable_slot(&self) -> Slot {
+        self.lock().durable_slot()
+    }
+
+    fn snapshot(&mut self) -> Option<Vec<u8>> {
+        self.lock().snapshot()
+    }
+
+    fn restore(&mut self, slot: Slot, snapshot: &[u8]) -> Result<(), String> {
+        self.lock().restore(slot, snapshot)
     }
 }

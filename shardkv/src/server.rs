@@ -35,15 +35,15 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use controller::{ConfigNum, ControllerListeners, Gid, MemberAddrs, ShardId};
 use paxos_log::net::service::{ConnectionStats, TarpcServer};
 use paxos_log::net::ServerHandle;
 use paxos_log::{
-    Config, DriverOptions, NetLimits, Node, NodeError, NodeHandle, NodeId, NodeMetrics, Role, Slot,
-    StartError, StateMachine, TarpcTransport, Transport, WalAcceptorStore,
+    Config, DriverOptions, NetLimits, Node, NodeError, NodeHandle, NodeId, NodeMetrics, Role,
+    SharedStateMachine, StartError, TarpcTransport, Transport, WalAcceptorStore,
 };
 use storage::sled_store::SledStore;
 use storage::snapshot::SnapshotStore;
@@ -143,41 +143,7 @@ pub enum ServerError {
 
 /// The state machine, shared between the driver thread (apply, read,
 /// snapshot) and the server (status, pulls, the migration task's view).
-#[derive(Debug, Clone)]
-pub(crate) struct SharedMachine(Arc<Mutex<ShardMachine>>);
-
-impl SharedMachine {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, ShardMachine> {
-        // The state machine is consistent between calls (it decides before
-        // it writes, and marks itself failed on a storage error), so a
-        // poisoned lock still guards a usable state.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl StateMachine for SharedMachine {
-    fn apply(&mut self, slot: Slot, command: &[u8]) -> Vec<u8> {
-        self.lock().apply(slot, command)
-    }
-
-    fn read(&mut self, query: &[u8]) -> Vec<u8> {
-        self.lock().read(query)
-    }
-
-    fn durable_slot(&self) -> Slot {
-        self.lock().durable_slot()
-    }
-
-    fn snapshot(&mut self) -> Option<Vec<u8>> {
-        self.lock().snapshot()
-    }
-
-    fn restore(&mut self, slot: Slot, snapshot: &[u8]) -> Result<(), String> {
-        self.lock().restore(slot, snapshot)
-    }
-}
+pub(crate) type SharedMachine = SharedStateMachine<ShardMachine>;
 
 /// A running replica. [`ShardKvServer::shutdown`] stops it and frees its
 /// ports.
@@ -267,9 +233,7 @@ impl ShardKvServer {
                 move || -> Result<(Node<SharedMachine>, SharedMachine), ServerError> {
                     let fs = RealFs::shared();
                     let store = Arc::new(SledStore::open(&data_dir.join("sm"))?);
-                    let machine = SharedMachine(Arc::new(Mutex::new(ShardMachine::open(
-                        store, gid, limits,
-                    )?)));
+                    let machine = SharedMachine::new(ShardMachine::open(store, gid, limits)?);
                     let wal = WalAcceptorStore::open(fs.clone(), &data_dir.join("wal"), wal)?;
                     let snapshots = SnapshotStore::open(fs, &data_dir.join("snap"))?;
                     let node = Node::start_with_snapshots(

@@ -37,6 +37,7 @@ use controller::{Configuration, Gid, ShardId};
 use shardkv::faults::Faults;
 use shardkv::{Clerk, ClerkError, ClerkOptions, GroupState, ShardState};
 use tests::linearizability::{check, CheckOptions, KvInput, KvOutput, Recorder, Verdict};
+use tests::paxos_sim::SimRng;
 use tests::shardkv_cluster::{clerk_options, Cluster, ClusterOptions};
 
 /// Runs `body` or fails the test after `limit`.
@@ -44,36 +45,6 @@ async fn bounded<F: Future>(limit: Duration, body: F) -> F::Output {
     tokio::time::timeout(limit, body)
         .await
         .expect("test timed out")
-}
-
-/// splitmix64: a tiny seeded generator.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform-ish in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// An index into a slice of `len` items (`len > 0`).
-    fn index(&mut self, len: usize) -> usize {
-        let len = u64::try_from(len).expect("length fits u64");
-        usize::try_from(self.below(len)).expect("index fits usize")
-    }
-
-    /// A pause of `min_ms` to `max_ms` milliseconds.
-    fn pause(&mut self, min_ms: u64, max_ms: u64) -> Duration {
-        Duration::from_millis(min_ms + self.below(max_ms - min_ms + 1))
-    }
 }
 
 /// A clerk of client `client_id` whose operations give up after
@@ -173,7 +144,7 @@ async fn append_client(
     mut clerk: Clerk,
     client: u64,
     keys: Vec<Vec<u8>>,
-    mut rng: SplitMix64,
+    mut rng: SimRng,
     stop: Arc<AtomicBool>,
 ) -> ClientRun {
     let mut log: AppendLog = keys.iter().map(|key| (key.clone(), Vec::new())).collect();
@@ -279,7 +250,7 @@ fn start_append_clients(
                 clerk,
                 c,
                 keys,
-                SplitMix64(seed ^ (c + 1).wrapping_mul(0x1234_5678_9abc_def1)),
+                SimRng::new(seed ^ (c + 1).wrapping_mul(0x1234_5678_9abc_def1)),
                 Arc::clone(stop),
             ))
         })
@@ -355,7 +326,7 @@ async fn concurrent_appends_during_joins_leaves_and_group_restarts_are_each_appl
     bounded(Duration::from_secs(120), async {
         let seed = 0x5eed_0001;
         eprintln!("seed {seed:#x}");
-        let mut rng = SplitMix64(seed);
+        let mut rng = SimRng::new(seed);
         let mut cluster = Cluster::start(ClusterOptions::default()).await;
         for gid in [1, 2, 3] {
             cluster.add_group(gid).await;
@@ -369,17 +340,17 @@ async fn concurrent_appends_during_joins_leaves_and_group_restarts_are_each_appl
         let handles = start_append_clients(&cluster, &config, 6, 3, seed, &stop);
         let run = Instant::now();
 
-        tokio::time::sleep(rng.pause(300, 600)).await;
+        tokio::time::sleep(rng.millis(300, 600)).await;
         cluster.join(&[2]).await;
-        tokio::time::sleep(rng.pause(300, 600)).await;
+        tokio::time::sleep(rng.millis(300, 600)).await;
         cluster.join(&[3]).await;
-        tokio::time::sleep(rng.pause(300, 600)).await;
+        tokio::time::sleep(rng.millis(300, 600)).await;
         cluster.leave(&[1]).await;
-        tokio::time::sleep(rng.pause(300, 600)).await;
+        tokio::time::sleep(rng.millis(300, 600)).await;
         cluster.join(&[1]).await;
-        tokio::time::sleep(rng.pause(300, 600)).await;
+        tokio::time::sleep(rng.millis(300, 600)).await;
         cluster.leave(&[2]).await;
-        tokio::time::sleep(rng.pause(200, 400)).await;
+        tokio::time::sleep(rng.millis(200, 400)).await;
         // Stop a whole group that serves shards now, for a while.
         let latest = cluster.latest().await;
         let victim = *[1, 3]
@@ -393,9 +364,9 @@ async fn concurrent_appends_during_joins_leaves_and_group_restarts_are_each_appl
             latest.num
         );
         cluster.stop_group(victim).await;
-        tokio::time::sleep(rng.pause(1000, 1800)).await;
+        tokio::time::sleep(rng.millis(1000, 1800)).await;
         cluster.restart_group(victim).await;
-        tokio::time::sleep(rng.pause(600, 1000)).await;
+        tokio::time::sleep(rng.millis(600, 1000)).await;
         eprintln!("load ran for {:?}", run.elapsed());
 
         finish_append_run(&mut cluster, &stop, handles).await;
@@ -409,7 +380,7 @@ async fn concurrent_appends_under_message_loss_are_each_applied_once() {
     bounded(Duration::from_secs(120), async {
         let seed = 0x5eed_0002;
         eprintln!("seed {seed:#x}");
-        let mut rng = SplitMix64(seed);
+        let mut rng = SimRng::new(seed);
         let mut cluster = Cluster::start(ClusterOptions {
             faults: Faults {
                 lose_request_per_mille: 100,
@@ -432,13 +403,13 @@ async fn concurrent_appends_under_message_loss_are_each_applied_once() {
         let handles = start_append_clients(&cluster, &config, 6, 3, seed, &stop);
         let run = Instant::now();
 
-        tokio::time::sleep(rng.pause(500, 900)).await;
+        tokio::time::sleep(rng.millis(500, 900)).await;
         cluster.join(&[2]).await;
-        tokio::time::sleep(rng.pause(800, 1200)).await;
+        tokio::time::sleep(rng.millis(800, 1200)).await;
         cluster.join(&[3]).await;
-        tokio::time::sleep(rng.pause(800, 1200)).await;
+        tokio::time::sleep(rng.millis(800, 1200)).await;
         cluster.leave(&[1]).await;
-        tokio::time::sleep(rng.pause(1000, 1500)).await;
+        tokio::time::sleep(rng.millis(1000, 1500)).await;
         eprintln!("load ran for {:?}", run.elapsed());
 
         finish_append_run(&mut cluster, &stop, handles).await;
@@ -453,7 +424,7 @@ async fn mixed_client(
     mut clerk: Clerk,
     client: u64,
     keys: Vec<Vec<u8>>,
-    mut rng: SplitMix64,
+    mut rng: SimRng,
     recorder: Recorder,
     stop: Arc<AtomicBool>,
     max_ops: u64,
@@ -466,7 +437,7 @@ async fn mixed_client(
             break;
         }
         // Think time, so that the history spans the reconfigurations.
-        tokio::time::sleep(rng.pause(0, 12)).await;
+        tokio::time::sleep(rng.millis(0, 12)).await;
         let key = keys[rng.index(keys.len())].clone();
         let value = format!("c{client}.{i}").into_bytes();
         let roll = rng.below(100);
@@ -529,7 +500,7 @@ async fn history_under_message_loss_and_reconfiguration_is_linearizable() {
     bounded(Duration::from_secs(120), async {
         let seed = 0x5eed_0003;
         eprintln!("seed {seed:#x}");
-        let mut rng = SplitMix64(seed);
+        let mut rng = SimRng::new(seed);
         let mut cluster = Cluster::start(ClusterOptions {
             faults: Faults {
                 lose_request_per_mille: 100,
@@ -563,7 +534,7 @@ async fn history_under_message_loss_and_reconfiguration_is_linearizable() {
                     clerk_within(&cluster, 200 + c, Duration::from_secs(6)),
                     c,
                     keys.clone(),
-                    SplitMix64(seed ^ (c + 1).wrapping_mul(0x0fed_cba9_8765_4321)),
+                    SimRng::new(seed ^ (c + 1).wrapping_mul(0x0fed_cba9_8765_4321)),
                     recorder.clone(),
                     Arc::clone(&stop),
                     100,
@@ -572,7 +543,7 @@ async fn history_under_message_loss_and_reconfiguration_is_linearizable() {
             .collect();
         let run = Instant::now();
         for step in 0..4 {
-            tokio::time::sleep(rng.pause(250, 400)).await;
+            tokio::time::sleep(rng.millis(250, 400)).await;
             match step {
                 0 => cluster.join(&[2]).await,
                 1 => cluster.join(&[3]).await,
@@ -589,7 +560,7 @@ async fn history_under_message_loss_and_reconfiguration_is_linearizable() {
                 owner(9)
             );
         }
-        tokio::time::sleep(rng.pause(250, 400)).await;
+        tokio::time::sleep(rng.millis(250, 400)).await;
         stop.store(true, Ordering::Relaxed);
         for handle in handles {
             handle.await.expect("client task");

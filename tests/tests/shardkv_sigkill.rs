@@ -68,6 +68,7 @@ use shardkv::rpc::ReplicaStatus;
 use shardkv::server::ServerError;
 use shardkv::{Clerk, ClerkError, ClerkOptions, ShardKvServer, ShardKvServerConfig};
 use tempfile::TempDir;
+use tests::paxos_sim::SimRng;
 
 const PARENT_TEST: &str =
     "acknowledged_writes_survive_sigkill_of_random_replicas_during_migrations";
@@ -559,37 +560,6 @@ fn admin_options(client_id: u64) -> AdminOptions {
 // ---------------------------------------------------------------------------
 // Randomness and seeds.
 
-/// SplitMix64: a tiny seedable generator for the kill schedule, the
-/// reconfigurations and the clerks' choices.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`; the modulo bias is irrelevant here).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// Uniform index into a collection of `len > 0` items.
-    fn index(&mut self, len: usize) -> usize {
-        let len = u64::try_from(len).expect("len fits u64");
-        usize::try_from(self.below(len)).expect("index fits usize")
-    }
-
-    /// Uniform duration in `[low, high)` milliseconds.
-    fn millis(&mut self, low: u64, high: u64) -> Duration {
-        Duration::from_millis(low + self.below(high - low))
-    }
-}
-
 /// Prints the seed again if the test panics, so that it is at the end of the
 /// failure output.
 struct SeedReport(u64);
@@ -618,7 +588,7 @@ fn seed_from_env() -> u64 {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |elapsed| elapsed.as_nanos());
-            SplitMix64(u64::try_from(nanos % u128::from(u64::MAX)).unwrap_or(0)).next_u64()
+            SimRng::new(u64::try_from(nanos % u128::from(u64::MAX)).unwrap_or(0)).next_u64()
         }
     }
 }
@@ -743,7 +713,7 @@ async fn run_clerk(
     seed: u64,
     stop: Arc<AtomicBool>,
 ) -> ClerkLog {
-    let mut rng = SplitMix64(seed);
+    let mut rng = SimRng::new(seed);
     let mut clerk = Clerk::new(controllers, clerk_options(client_id));
     let keys: Vec<Vec<u8>> = (0..SHARDS).map(|shard| key(client_id, shard)).collect();
     let mut log = ClerkLog {
@@ -820,7 +790,7 @@ async fn reconfigure(
     seed: u64,
     stop: Arc<AtomicBool>,
 ) -> ReconfigLog {
-    let mut rng = SplitMix64(seed);
+    let mut rng = SimRng::new(seed);
     let mut log = ReconfigLog::default();
     loop {
         let pause = rng.millis(500, 1000);
@@ -973,7 +943,7 @@ fn acknowledged_writes_survive_sigkill_of_random_replicas_during_migrations() {
     let seed = seed_from_env();
     let _report = SeedReport(seed);
     eprintln!("{PARENT_TEST}: {SEED_ENV}={seed}");
-    let mut rng = SplitMix64(seed);
+    let mut rng = SimRng::new(seed);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

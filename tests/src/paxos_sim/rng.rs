@@ -45,6 +45,11 @@ impl SimRng {
         self.between(low, high.max(low))
     }
 
+    /// A duration of `low_ms` to `high_ms` milliseconds (both included).
+    pub fn millis(&mut self, low_ms: u64, high_ms: u64) -> std::time::Duration {
+        std::time::Duration::from_millis(self.between(low_ms, high_ms))
+    }
+
     /// An index into a collection of `len` elements; `len` must be positive.
     pub fn index(&mut self, len: usize) -> usize {
         let len = u64::try_from(len).expect("usize fits in u64");
