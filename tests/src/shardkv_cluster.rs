@@ -22,6 +22,7 @@ use paxos_log::{DriverOptions, NetLimits, NodeId, Role};
 use shardkv::faults::Faults;
 use shardkv::migration::MigrationOptions;
 use shardkv::{Clerk, ClerkOptions, GroupState, Limits, ShardKvServer, ShardKvServerConfig};
+use storage::wal::WalOptions;
 use tempfile::TempDir;
 
 /// The controller group's id on the peer transport.
@@ -42,6 +43,8 @@ pub struct ClusterOptions {
     pub limits: Limits,
     /// Migration timing of every group.
     pub migration: MigrationOptions,
+    /// WAL options of every group replica.
+    pub wal: WalOptions,
     /// Faults injected into every group replica (each replica's seed is
     /// this seed mixed with its gid and node id).
     pub faults: Faults,
@@ -64,6 +67,7 @@ impl Default for ClusterOptions {
                 poll_interval: Duration::from_millis(20),
                 rpc_timeout: Duration::from_secs(1),
             },
+            wal: WalOptions::default(),
             faults: Faults::default(),
         }
     }
@@ -234,6 +238,7 @@ impl Cluster {
             migration: self.options.migration.clone(),
             driver: self.options.driver.clone(),
             net: net(),
+            wal: self.options.wal.clone(),
             faults: Faults {
                 seed: self.options.faults.seed ^ (gid << 32) ^ node.0,
                 ..self.options.faults
