@@ -204,6 +204,20 @@ impl Cluster {
         cluster
     }
 
+    /// Starts the controller group and the groups `gids`, joins them all
+    /// at once and waits until they serve every shard.
+    pub async fn start_with_groups(options: ClusterOptions, gids: &[Gid]) -> Cluster {
+        let mut cluster = Cluster::start(options).await;
+        for &gid in gids {
+            cluster.add_group(gid).await;
+        }
+        let num = cluster.join(gids).await;
+        cluster
+            .wait_settled(gids, num, Duration::from_secs(30))
+            .await;
+        cluster
+    }
+
     fn controller_config(&self, i: usize) -> ControllerServerConfig {
         ControllerServerConfig {
             driver: self.options.driver.clone(),

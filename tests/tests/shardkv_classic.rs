@@ -245,10 +245,7 @@ async fn half_the_shards_serve_while_one_of_two_groups_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn join_then_leave_keeps_every_value_after_the_old_group_dies() {
     bounded(Duration::from_secs(50), async {
-        let mut cluster = Cluster::start(ClusterOptions::default()).await;
-        cluster.add_group(1).await;
-        let num = cluster.join(&[1]).await;
-        cluster.wait_settled(&[1], num, SETTLE).await;
+        let mut cluster = Cluster::start_with_groups(ClusterOptions::default(), &[1]).await;
         let config = cluster.latest().await;
         let mut clerk = cluster.clerk(1);
         let mut model = BTreeMap::new();
@@ -432,10 +429,7 @@ async fn a_replica_that_missed_several_configurations_catches_up() {
     bounded(Duration::from_secs(50), async {
         let mut options = ClusterOptions::default();
         options.driver.snapshot_every_slots = 50;
-        let mut cluster = Cluster::start(options).await;
-        cluster.add_group(1).await;
-        let num = cluster.join(&[1]).await;
-        cluster.wait_settled(&[1], num, SETTLE).await;
+        let mut cluster = Cluster::start_with_groups(options, &[1]).await;
         let config = cluster.latest().await;
         let mut clerk = cluster.clerk(1);
         let mut model = BTreeMap::new();
@@ -761,10 +755,7 @@ async fn session_table_stays_bounded_under_many_short_lived_clients() {
         let mut options = ClusterOptions::default();
         options.limits.session_ttl_ms = TTL_MS;
         options.limits.request_max_age_ms = 500;
-        let mut cluster = Cluster::start(options).await;
-        cluster.add_group(1).await;
-        let num = cluster.join(&[1]).await;
-        cluster.wait_settled(&[1], num, SETTLE).await;
+        let mut cluster = Cluster::start_with_groups(options, &[1]).await;
         let config = cluster.latest().await;
         let shard = config.shard_for_key(b"c").expect("a shard for c").clone();
         let client_key = |id: u64| key_in(&shard, &format!("c{id}"));
@@ -898,10 +889,7 @@ async fn session_table_stays_bounded_under_many_short_lived_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn split_is_handled_locally_and_keeps_data_and_sessions() {
     bounded(Duration::from_secs(50), async {
-        let mut cluster = Cluster::start(ClusterOptions::default()).await;
-        cluster.add_group(1).await;
-        let num = cluster.join(&[1]).await;
-        cluster.wait_settled(&[1], num, SETTLE).await;
+        let mut cluster = Cluster::start_with_groups(ClusterOptions::default(), &[1]).await;
         let config = cluster.latest().await;
         let parent = config.shard_for_key(b"f").expect("a shard").clone();
         assert!(parent.contains(b"c") && parent.contains(b"g"));
@@ -996,10 +984,7 @@ async fn concurrent_writes_to_one_shard_are_all_applied() {
     bounded(Duration::from_secs(30), async {
         const WRITERS: u64 = 8;
         const PUTS: u64 = 25;
-        let mut cluster = Cluster::start(ClusterOptions::default()).await;
-        cluster.add_group(1).await;
-        let num = cluster.join(&[1]).await;
-        cluster.wait_settled(&[1], num, SETTLE).await;
+        let cluster = Cluster::start_with_groups(ClusterOptions::default(), &[1]).await;
         let mut writers = tokio::task::JoinSet::new();
         for writer in 0..WRITERS {
             let mut clerk = cluster.clerk(10 + writer);

@@ -375,29 +375,37 @@ async fn concurrent_appends_during_joins_leaves_and_group_restarts_are_each_appl
     .await;
 }
 
+/// A cluster that loses 10% of client requests and replies and 5% of the
+/// groups' peer messages, with groups 1, 2 and 3 started and group 1
+/// joined (and serving every shard).
+async fn lossy_cluster_with_group_1_joined(seed: u64) -> Cluster {
+    let mut cluster = Cluster::start(ClusterOptions {
+        faults: Faults {
+            lose_request_per_mille: 100,
+            lose_reply_per_mille: 100,
+            lose_peer_message_per_mille: 50,
+            seed,
+        },
+        ..ClusterOptions::default()
+    })
+    .await;
+    for gid in [1, 2, 3] {
+        cluster.add_group(gid).await;
+    }
+    let num = cluster.join(&[1]).await;
+    cluster
+        .wait_settled(&[1], num, Duration::from_secs(20))
+        .await;
+    cluster
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_appends_under_message_loss_are_each_applied_once() {
     bounded(Duration::from_secs(120), async {
         let seed = 0x5eed_0002;
         eprintln!("seed {seed:#x}");
         let mut rng = SimRng::new(seed);
-        let mut cluster = Cluster::start(ClusterOptions {
-            faults: Faults {
-                lose_request_per_mille: 100,
-                lose_reply_per_mille: 100,
-                lose_peer_message_per_mille: 50,
-                seed,
-            },
-            ..ClusterOptions::default()
-        })
-        .await;
-        for gid in [1, 2, 3] {
-            cluster.add_group(gid).await;
-        }
-        let num = cluster.join(&[1]).await;
-        cluster
-            .wait_settled(&[1], num, Duration::from_secs(20))
-            .await;
+        let mut cluster = lossy_cluster_with_group_1_joined(seed).await;
         let config = cluster.latest().await;
         let stop = Arc::new(AtomicBool::new(false));
         let handles = start_append_clients(&cluster, &config, 6, 3, seed, &stop);
@@ -501,23 +509,7 @@ async fn history_under_message_loss_and_reconfiguration_is_linearizable() {
         let seed = 0x5eed_0003;
         eprintln!("seed {seed:#x}");
         let mut rng = SimRng::new(seed);
-        let mut cluster = Cluster::start(ClusterOptions {
-            faults: Faults {
-                lose_request_per_mille: 100,
-                lose_reply_per_mille: 100,
-                lose_peer_message_per_mille: 50,
-                seed,
-            },
-            ..ClusterOptions::default()
-        })
-        .await;
-        for gid in [1, 2, 3] {
-            cluster.add_group(gid).await;
-        }
-        let num = cluster.join(&[1]).await;
-        cluster
-            .wait_settled(&[1], num, Duration::from_secs(20))
-            .await;
+        let mut cluster = lossy_cluster_with_group_1_joined(seed).await;
         let config = cluster.latest().await;
         // A few keys shared by every client, two per shard, at both ends
         // of the key space.
