@@ -57,6 +57,11 @@ pub struct DriverOptions {
     /// With a snapshot store: take a snapshot (and compact the log below
     /// it) every time this many more slots were applied. 0: never.
     pub snapshot_every_slots: u64,
+    /// With a snapshot store: also take one once this many bytes of
+    /// commands were applied since the last, so that a log of large
+    /// commands (a shard migration's chunks) is compacted as often as its
+    /// size asks, not only its slot count. 0: never by bytes.
+    pub snapshot_every_bytes: u64,
     /// Size of the chunks a snapshot is sent to a peer in.
     pub snapshot_chunk_bytes: usize,
     /// Largest snapshot accepted from a peer.
@@ -73,6 +78,7 @@ impl Default for DriverOptions {
             queue_depth: 65_536,
             inputs_per_ready_max: 16_384,
             snapshot_every_slots: 10_000,
+            snapshot_every_bytes: 64 << 20,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_bytes_max: 1 << 30,
             snapshot_resend_after: Duration::from_secs(1),
@@ -332,7 +338,8 @@ impl<M: StateMachine> Node<M> {
     /// Like [`Node::start`], with snapshots: the state machine is restored
     /// from the newest valid snapshot in `snapshots` (if it is ahead of the
     /// state machine's own durable slot), a snapshot is taken every
-    /// `snapshot_every_slots` applied slots and the log compacted below it,
+    /// `snapshot_every_slots` applied slots (or `snapshot_every_bytes` of
+    /// applied commands) and the log compacted below it,
     /// and peers that fell behind the compacted log are sent the snapshot.
     pub fn start_with_snapshots<S, T>(
         config: Config,
@@ -376,6 +383,7 @@ impl<M: StateMachine> Node<M> {
                 let (snapshots, latest) = Snapshots::open(
                     snapshot_store,
                     options.snapshot_every_slots,
+                    options.snapshot_every_bytes,
                     options.snapshot_chunk_bytes,
                     options.snapshot_bytes_max,
                     options.snapshot_resend_after,
@@ -812,6 +820,9 @@ where
                     continue;
                 };
                 let output = self.state_machine.apply(slot, command);
+                if let Some(snapshots) = self.snapshots.as_mut() {
+                    snapshots.note_applied(command.len());
+                }
                 let proposer = u64::from_le_bytes(tag[..8].try_into().unwrap_or([0; 8]));
                 if proposer == me {
                     let seq = u64::from_le_bytes(tag[8..].try_into().unwrap_or([0; 8]));

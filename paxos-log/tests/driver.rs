@@ -297,3 +297,46 @@ fn the_log_machine_applies_one_attempt_of_a_retried_command() {
         );
     }
 }
+
+/// Snapshots are taken by bytes of applied commands as well as by slots: a
+/// log of few, large commands is compacted as often as its size asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_also_taken_after_enough_bytes_of_commands() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let network = Arc::new(ChannelTransport::new());
+    let options = DriverOptions {
+        // Never by slot count: only the bytes can trigger one.
+        snapshot_every_slots: 0,
+        snapshot_every_bytes: 8 * 1024,
+        ..options()
+    };
+    let nodes: Vec<Node<LogMachine>> = members()
+        .into_iter()
+        .zip(&dirs)
+        .map(|(id, dir)| {
+            let config = Config {
+                rng_seed: 12,
+                ..Config::new(id, members())
+            };
+            start_on_disk(config, dir.path(), 4096, options.clone(), &network)
+        })
+        .collect();
+    let handles: Vec<NodeHandle> = nodes.iter().map(Node::handle).collect();
+    let mut last = 0;
+    for i in 0..20u8 {
+        // 1 KiB commands: 20 KiB in all, past the 8 KiB threshold twice.
+        last = commit(&handles, &[vec![5, i], vec![i; 1022]].concat()).await;
+    }
+    wait_applied(&handles, last).await;
+    for handle in &handles {
+        let metrics = handle.metrics();
+        assert!(
+            metrics.snapshots_taken >= 1 && metrics.log_start > 1,
+            "{} took no snapshot by bytes: {metrics:?}",
+            handle.id()
+        );
+    }
+    for node in nodes {
+        node.stop();
+    }
+}

@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::group::{GcNotice, ShardState};
 use crate::limits::Limits;
-use crate::rpc::{context_within, parse_addrs, Connections, ServiceError, ShardKvClient};
+use crate::rpc::{context_within, open, parse_addrs, Connections, ServiceError, ShardKvClient};
 use crate::server::SharedMachine;
 use crate::wire::{decode, encode, Command, Cursor, Outcome};
 
@@ -268,12 +268,21 @@ where
             break;
         }
         let timeout = cx.options.rpc_timeout;
-        let client = {
-            let mut connections = cx.connections.lock().await;
-            match tokio::time::timeout(timeout, connections.get(addr, &cx.net)).await {
-                Ok(Ok(client)) => client,
+        // Connect without holding the cache: a slow connect to one owner
+        // must not hold up pulls from the others.
+        let cached = cx.connections.lock().await.cached(addr);
+        let client = match cached {
+            Some(client) => client,
+            None => match tokio::time::timeout(timeout, open(addr, &cx.net)).await {
+                Ok(Ok((client, dispatch))) => {
+                    cx.connections
+                        .lock()
+                        .await
+                        .insert(addr, client.clone(), dispatch);
+                    client
+                }
                 _ => continue,
-            }
+            },
         };
         match tokio::time::timeout(timeout, call(client, context_within(timeout))).await {
             Ok(Ok(Ok(answer))) => return Some(answer),

@@ -144,23 +144,36 @@ impl Connections {
         addr: std::net::SocketAddr,
         net: &paxos_log::NetLimits,
     ) -> std::io::Result<ShardKvClient> {
-        if let Some((client, dispatch)) = self.open.get(&addr) {
-            if !dispatch.is_finished() {
-                return Ok(client.clone());
-            }
-            self.forget(addr);
+        if let Some(client) = self.cached(addr) {
+            return Ok(client);
         }
-        let transport = paxos_log::net::codec::connect_framed(addr, net).await?;
-        let tarpc::client::NewClient { client, dispatch } =
-            ShardKvClient::new(tarpc::client::Config::default(), transport);
-        let task = tokio::spawn(async move {
-            if let Err(cause) = dispatch.await {
-                tracing::debug!(%addr, %cause, "shardkv connection ended");
-            }
-        });
-        self.open
-            .insert(addr, (client.clone(), task.abort_handle()));
+        let (client, dispatch) = open(addr, net).await?;
+        self.insert(addr, client.clone(), dispatch);
         Ok(client)
+    }
+
+    /// The cached client for `addr`, if its connection is still up.
+    pub(crate) fn cached(&mut self, addr: std::net::SocketAddr) -> Option<ShardKvClient> {
+        match self.open.get(&addr) {
+            Some((client, dispatch)) if !dispatch.is_finished() => Some(client.clone()),
+            Some(_) => {
+                self.forget(addr);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Caches a client opened with [`open`] (replacing any other).
+    pub(crate) fn insert(
+        &mut self,
+        addr: std::net::SocketAddr,
+        client: ShardKvClient,
+        dispatch: tokio::task::AbortHandle,
+    ) {
+        if let Some((_, old)) = self.open.insert(addr, (client, dispatch)) {
+            old.abort();
+        }
     }
 
     /// Closes the connection to `addr` (after an error: the next call
@@ -212,13 +225,21 @@ pub async fn connect(
     addr: std::net::SocketAddr,
     net: &paxos_log::NetLimits,
 ) -> std::io::Result<ShardKvClient> {
+    Ok(open(addr, net).await?.0)
+}
+
+/// Opens a connection: the client, and the handle of its dispatch task.
+pub(crate) async fn open(
+    addr: std::net::SocketAddr,
+    net: &paxos_log::NetLimits,
+) -> std::io::Result<(ShardKvClient, tokio::task::AbortHandle)> {
     let transport = paxos_log::net::codec::connect_framed(addr, net).await?;
     let tarpc::client::NewClient { client, dispatch } =
         ShardKvClient::new(tarpc::client::Config::default(), transport);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(cause) = dispatch.await {
             tracing::debug!(%addr, %cause, "shardkv connection ended");
         }
     });
-    Ok(client)
+    Ok((client, task.abort_handle()))
 }

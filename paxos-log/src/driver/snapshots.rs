@@ -26,6 +26,10 @@ pub(super) struct Snapshots {
     store: SnapshotStore,
     /// Take a snapshot once this many slots were applied since the last.
     every_slots: u64,
+    /// Also take one once this many command bytes were applied since.
+    every_bytes: u64,
+    /// Command bytes applied since the last snapshot.
+    applied_bytes: u64,
     chunk_bytes: usize,
     /// Largest snapshot accepted from a peer.
     bytes_max: u64,
@@ -89,6 +93,7 @@ impl Snapshots {
     pub(super) fn open(
         store: SnapshotStore,
         every_slots: u64,
+        every_bytes: u64,
         chunk_bytes: usize,
         bytes_max: u64,
         resend_after: Duration,
@@ -104,6 +109,8 @@ impl Snapshots {
         let snapshots = Snapshots {
             store,
             every_slots,
+            every_bytes,
+            applied_bytes: 0,
             chunk_bytes: chunk_bytes.max(1),
             bytes_max,
             resend_after,
@@ -115,9 +122,21 @@ impl Snapshots {
         Ok((snapshots, latest))
     }
 
-    /// Whether enough was applied since the last snapshot to take another.
+    /// Whether enough was applied since the last snapshot to take another:
+    /// `every_slots` slots, or `every_bytes` bytes of commands.
     pub(super) fn due(&self, applied: Slot) -> bool {
-        self.every_slots > 0 && applied >= self.last_slot + self.every_slots
+        let by_slots = self.every_slots > 0 && applied >= self.last_slot + self.every_slots;
+        let by_bytes = self.every_bytes > 0
+            && self.applied_bytes >= self.every_bytes
+            && applied > self.last_slot;
+        by_slots || by_bytes
+    }
+
+    /// Counts `len_bytes` of commands applied.
+    pub(super) fn note_applied(&mut self, len_bytes: usize) {
+        self.applied_bytes = self
+            .applied_bytes
+            .saturating_add(u64::try_from(len_bytes).unwrap_or(u64::MAX));
     }
 
     /// Makes `data` the durable snapshot at `slot` and drops older ones.
@@ -136,6 +155,7 @@ impl Snapshots {
         writer.write_chunk(data)?;
         writer.finish()?;
         self.last_slot = slot;
+        self.applied_bytes = 0;
         self.last_membership = membership.cloned();
         self.store.remove_older_than(slot)?;
         Ok(())
