@@ -29,8 +29,10 @@ pub const PUT_HASH_VALUE_BYTES: usize = 16;
 /// asks for; the clerk asks again for more.
 pub const SCAN_ITEMS_CEILING: usize = 10_000;
 
-/// The bounds a replica group enforces.
+/// The bounds a replica group enforces. In a configuration file, missing
+/// fields take their defaults and unknown ones are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Longest key accepted, in bytes.
     pub key_bytes_max: usize,

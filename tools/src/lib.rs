@@ -1,4 +1,11 @@
-//! Home of the `kvd` and `kvctl` binaries, the HTTP gateway and the metrics
-//! endpoint.
+//! The shardkv binaries' shared code: `kvd` (one node) and, to come,
+//! `kvctl` (everything a person types).
 //!
-//! Not built yet: the binaries are delivered by the kvd/kvctl issue.
+//! * [`kvd_config`]: `kvd.toml`, parsed, validated (every mistake named with
+//!   its key and fix) and turned into a controller or group replica's
+//!   server configuration.
+//! * [`data_dir`]: the lock that keeps two processes off one data
+//!   directory.
+
+pub mod data_dir;
+pub mod kvd_config;
