@@ -728,7 +728,7 @@ async fn run_clerk(
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let k = rng.index(keys.len());
-        if n % GET_EVERY == 0 {
+        if n.is_multiple_of(GET_EVERY) {
             match clerk.get(&keys[k]).await {
                 Ok(value) => {
                     log.gets_checked += 1;
