@@ -13,6 +13,9 @@
 //!   key/value histories (get, put, append, delete, cas, put_hash, with
 //!   indeterminate operations), and a thread-safe recorder of such
 //!   histories for tests of the shardkv store.
+//! * [`ports`]: loopback ports for servers that a test restarts on the same
+//!   address (below the ephemeral range, where client connections never
+//!   take them).
 //! * [`shardkv_cluster`]: a whole deployment in one process (a controller
 //!   group and replica groups over loopback TCP, each replica with its own
 //!   WAL, snapshots and sled store in a temporary directory), with
@@ -24,4 +27,5 @@
 
 pub mod linearizability;
 pub mod paxos_sim;
+pub mod ports;
 pub mod shardkv_cluster;

@@ -25,6 +25,8 @@ use shardkv::{Clerk, ClerkOptions, GroupState, Limits, ShardKvServer, ShardKvSer
 use storage::wal::WalOptions;
 use tempfile::TempDir;
 
+use crate::ports::restartable_addr;
+
 /// The controller group's id on the peer transport.
 const CONTROLLER_GROUP: u64 = 0;
 
@@ -94,11 +96,12 @@ pub fn clerk_options(client_id: u64) -> ClerkOptions {
     }
 }
 
+/// Two loopback addresses for a new replica, below the ephemeral range so
+/// that a restart can bind them again (see [`crate::ports`]).
 fn loopback() -> MemberAddrs {
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
     MemberAddrs {
-        peer: any,
-        client: any,
+        peer: restartable_addr(),
+        client: restartable_addr(),
     }
 }
 

@@ -17,12 +17,12 @@
 //! is bounded, and every child is killed and reaped on every path out of
 //! the test, panics included ([`ChildGuard`]).
 //!
-//! Ports: the parent binds `127.0.0.1:0` listeners for every replica's peer
-//! and client address, reads their ports and closes them before the
-//! children bind the same ports. Another process could take one in between;
-//! the child then fails to bind (after retrying for 10 s) and the test fails
-//! saying so. Loopback ephemeral ports are rarely reused that fast, so the
-//! race is accepted.
+//! Ports: the parent picks a free loopback port for every replica's peer
+//! and client address below the kernel's ephemeral range
+//! (`tests::ports`), where no client connection can take one while its
+//! replica is down. Another test could still draw the same port; the child
+//! then fails to bind (after retrying for 10 s) and the test fails saying
+//! so.
 //!
 //! Load, for [`LOAD`]: [`CLERKS`] clerks (unique client ids) append unique
 //! tokens (`<client>.<n>;`) to their own keys, one key in each pre-split
@@ -51,7 +51,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +69,7 @@ use shardkv::server::ServerError;
 use shardkv::{Clerk, ClerkError, ClerkOptions, ShardKvServer, ShardKvServerConfig};
 use tempfile::TempDir;
 use tests::paxos_sim::SimRng;
+use tests::ports::restartable_addr;
 
 const PARENT_TEST: &str =
     "acknowledged_writes_survive_sigkill_of_random_replicas_during_migrations";
@@ -349,14 +350,9 @@ impl Replicas {
     fn new(controllers: Vec<SocketAddr>) -> Replicas {
         let per_group = 2 * REPLICAS;
         let count = usize::try_from(GROUPS).expect("fits usize") * per_group;
-        let listeners: Vec<TcpListener> = (0..count)
-            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-            .collect();
-        let ports: Vec<SocketAddr> = listeners
-            .iter()
-            .map(|listener| listener.local_addr().expect("local address"))
-            .collect();
-        drop(listeners);
+        // Below the ephemeral range, so that no client connection takes a
+        // port while its replica is down (tests::ports).
+        let ports: Vec<SocketAddr> = (0..count).map(|_| restartable_addr()).collect();
         let groups = (1..=GROUPS)
             .zip(ports.chunks(per_group))
             .map(|(gid, ports)| {
