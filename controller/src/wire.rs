@@ -125,9 +125,9 @@ impl WireMessage for ControllerReply {
     const MAX_BYTES: usize = usize::MAX;
 }
 
-/// The bincode options of every controller encoding: fixed-width integers,
-/// no trailing bytes, and a byte limit on decoding.
-pub(crate) fn bincode_options(limit_bytes: usize) -> impl Options {
+/// The bincode options of every controller (and shardkv) encoding:
+/// fixed-width integers, no trailing bytes, and a byte limit on decoding.
+pub fn bincode_options(limit_bytes: usize) -> impl Options {
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .with_limit(u64::try_from(limit_bytes).unwrap_or(u64::MAX))

@@ -25,15 +25,6 @@ pub struct Faults {
     pub seed: u64,
 }
 
-impl Faults {
-    /// Whether any fault is configured.
-    pub fn any(&self) -> bool {
-        self.lose_request_per_mille > 0
-            || self.lose_reply_per_mille > 0
-            || self.lose_peer_message_per_mille > 0
-    }
-}
-
 /// A shared, seeded coin.
 #[derive(Debug)]
 pub(crate) struct Dice {

@@ -33,13 +33,13 @@ use controller::{unique_client_id, ConfigNum, ControllerClerk, ShardId};
 use paxos_log::{NetLimits, NodeHandle, Role};
 use tarpc::client::RpcError;
 use tarpc::context;
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 use tracing::{debug, info, warn};
 
 use crate::group::{GcNotice, ShardState};
 use crate::limits::Limits;
 use crate::rpc::{context_within, open, parse_addrs, Connections, ServiceError, ShardKvClient};
-use crate::server::SharedMachine;
+use crate::state_machine::GroupView;
 use crate::wire::{decode, encode, Command, Cursor, Outcome};
 
 /// How the leader follows configurations and moves shards.
@@ -63,7 +63,7 @@ impl Default for MigrationOptions {
 /// What the task shares between its concurrent pulls.
 struct Context {
     node: NodeHandle,
-    machine: SharedMachine,
+    view: watch::Receiver<GroupView>,
     limits: Limits,
     options: MigrationOptions,
     net: NetLimits,
@@ -73,7 +73,7 @@ struct Context {
 /// Runs the leader's background work until aborted.
 pub(crate) async fn run(
     node: NodeHandle,
-    machine: SharedMachine,
+    view: watch::Receiver<GroupView>,
     controllers: Vec<SocketAddr>,
     limits: Limits,
     options: MigrationOptions,
@@ -91,7 +91,7 @@ pub(crate) async fn run(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let cx = Arc::new(Context {
         node,
-        machine,
+        view,
         limits,
         options,
         net,
@@ -103,11 +103,11 @@ pub(crate) async fn run(
             continue;
         }
         let group = {
-            let machine = cx.machine.lock();
-            if machine.failed().is_some() {
+            let view = cx.view.borrow();
+            if view.failed.is_some() {
                 continue;
             }
-            machine.group().clone()
+            Arc::clone(&view.group)
         };
         if !group.pulling() {
             match controller.query(Some(group.num + 1)).await {

@@ -51,6 +51,7 @@ use storage::wal::WalOptions;
 use storage::{RealFs, StorageError};
 use tarpc::context;
 use tarpc::server::InFlightRequest;
+use tokio::sync::watch;
 use tracing::error;
 
 use crate::error::KvError;
@@ -61,7 +62,7 @@ use crate::migration::{self, MigrationOptions};
 use crate::rpc::{
     PullReply, ReplicaStatus, ServiceError, ShardKv, ShardKvRequest, ShardKvResponse, ShardReport,
 };
-use crate::state_machine::ShardMachine;
+use crate::state_machine::{GroupView, ShardMachine};
 use crate::wire::{
     decode, encode, ClientId, Command, Cursor, Outcome, ReadOp, ReadReply, WriteOp, WriteReply,
 };
@@ -155,6 +156,7 @@ pub struct ShardKvServer {
     node: Option<Node<SharedMachine>>,
     handle: NodeHandle,
     machine: SharedMachine,
+    view: watch::Receiver<GroupView>,
     peer_server: Option<ServerHandle>,
     client_server: Option<TarpcServer>,
     migration: Option<tokio::task::JoinHandle<()>>,
@@ -251,11 +253,13 @@ impl ShardKvServer {
             .map_err(|cause| ServerError::Task(cause.to_string()))??
         };
         let handle = node.handle();
+        let view = machine.lock().subscribe();
         let (peer_listener, client_listener) = listeners.into_parts();
         let peer_server = peer_listener.start(handle.clone(), gid);
         let service = ClientService {
             node: handle.clone(),
             machine: machine.clone(),
+            view: view.clone(),
             gid,
             limits: Arc::new(limits.clone()),
             faults,
@@ -277,7 +281,7 @@ impl ShardKvServer {
         );
         let migration = tokio::spawn(migration::run(
             handle.clone(),
-            machine.clone(),
+            view.clone(),
             controllers,
             limits,
             migration,
@@ -290,6 +294,7 @@ impl ShardKvServer {
             node: Some(node),
             handle,
             machine,
+            view,
             peer_server: Some(peer_server),
             client_server: Some(client_server),
             migration: Some(migration),
@@ -324,7 +329,7 @@ impl ShardKvServer {
 
     /// The group state as this replica has applied it (may lag).
     pub fn group_state(&self) -> GroupState {
-        self.machine.lock().group().clone()
+        GroupState::clone(&self.view.borrow().group)
     }
 
     /// What this replica knows, as the `status` RPC answers it.
@@ -459,6 +464,9 @@ pub(crate) fn service_error(
 struct ClientService {
     node: NodeHandle,
     machine: SharedMachine,
+    /// The published group state: what requests are checked against,
+    /// without the state machine's lock.
+    view: watch::Receiver<GroupView>,
     gid: Gid,
     limits: Arc<Limits>,
     faults: Faults,
@@ -504,11 +512,11 @@ impl ClientService {
         if self.node.metrics().role != Some(Role::Leader) {
             return Ok(());
         }
-        let machine = self.machine.lock();
-        if let Some(reason) = machine.failed() {
-            return Err(ServiceError::Stopped(reason.to_string()));
+        let view = self.view.borrow();
+        if let Some(reason) = &view.failed {
+            return Err(ServiceError::Stopped(reason.clone()));
         }
-        let group = machine.group();
+        let group = &view.group;
         match group.shard_for_key(key) {
             Some(shard) if group.serves(shard.id) => Ok(()),
             _ => Err(ServiceError::Refused(KvError::WrongGroup {
@@ -668,7 +676,7 @@ impl ClientService {
     }
 
     async fn delete_shard_inner(self, shard: ShardId, num: ConfigNum) -> Result<(), ServiceError> {
-        let at = self.machine.lock().group().num;
+        let at = self.view.borrow().group.num;
         if at < num {
             return Err(ServiceError::NotReady(format!(
                 "this replica is at configuration {at}, before {num}"

@@ -112,13 +112,7 @@ fn index_key(last_ms: u64, client_id: ClientId) -> Vec<u8> {
     key
 }
 
-fn corrupt(
-    store: &SledStore,
-    shard: ShardId,
-    what: &str,
-    err: impl std::fmt::Display,
-) -> StorageError {
-    let _ = store;
+fn corrupt(shard: ShardId, what: &str, err: impl std::fmt::Display) -> StorageError {
     StorageError::InvalidArgument(format!(
         "shard {shard}: the session table's {what} does not decode ({err}); the replica's state \
          machine is damaged: rebuild the replica from its peers"
@@ -131,7 +125,7 @@ pub fn meta(store: &SledStore, shard: ShardId) -> Result<ShardMeta, StorageError
         None => Ok(ShardMeta::default()),
         Some(bytes) => bincode_options(bytes.len())
             .deserialize(&bytes)
-            .map_err(|err| corrupt(store, shard, "meta record", err)),
+            .map_err(|err| corrupt(shard, "meta record", err)),
     }
 }
 
@@ -145,7 +139,7 @@ fn session(
         Some(bytes) => bincode_options(bytes.len())
             .deserialize(&bytes)
             .map(Some)
-            .map_err(|err| corrupt(store, shard, "session", err)),
+            .map_err(|err| corrupt(shard, "session", err)),
     }
 }
 
@@ -253,7 +247,7 @@ fn sweep(
             break;
         }
         let (Some(last), Some(client)) = (key.get(1..9), key.get(9..17)) else {
-            return Err(corrupt(store, shard, "expiry index", "short key"));
+            return Err(corrupt(shard, "expiry index", "short key"));
         };
         let last_ms = u64::from_be_bytes(last.try_into().unwrap_or_default());
         let client_id = u64::from_be_bytes(client.try_into().unwrap_or_default());

@@ -44,6 +44,7 @@ use paxos_log::{Slot, StateMachine};
 use serde::{Deserialize, Serialize};
 use storage::sled_store::{ExportRecord, ShardBatch, SledStore, Space};
 use storage::StorageError;
+use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::error::KvError;
@@ -101,6 +102,18 @@ pub struct ShardMachine {
     /// Set when the store failed; every later command is answered
     /// `Failed` and the server stops serving.
     failed: Option<String>,
+    /// Where `group` and `failed` are published after every change.
+    view: watch::Sender<GroupView>,
+}
+
+/// What [`ShardMachine::subscribe`] publishes: the group state after the
+/// last entry that changed it, and whether the store failed.
+#[derive(Debug, Clone)]
+pub struct GroupView {
+    /// The group state.
+    pub group: Arc<GroupState>,
+    /// Why the replica stopped serving, if its store failed.
+    pub failed: Option<String>,
 }
 
 /// One tree in a snapshot.
@@ -159,6 +172,10 @@ impl ShardMachine {
                 group.gid
             )));
         }
+        let (view, _) = watch::channel(GroupView {
+            group: Arc::new(group.clone()),
+            failed: None,
+        });
         Ok(ShardMachine {
             store,
             group,
@@ -168,7 +185,23 @@ impl ShardMachine {
             position: 0,
             limits,
             failed: None,
+            view,
         })
+    }
+
+    /// The group state and health as of the last change, published for
+    /// the rest of the server (request handlers, the migration task) so
+    /// that they never take the state machine's lock, which the driver
+    /// thread holds while it applies.
+    pub fn subscribe(&self) -> watch::Receiver<GroupView> {
+        self.view.subscribe()
+    }
+
+    fn publish(&self) {
+        self.view.send_replace(GroupView {
+            group: Arc::new(self.group.clone()),
+            failed: self.failed.clone(),
+        });
     }
 
     /// The group state as this replica has applied it.
@@ -225,6 +258,7 @@ impl ShardMachine {
         );
         self.write_tree(GROUP_TREE, entry, &batch)?;
         self.group = group;
+        self.publish();
         Ok(())
     }
 
@@ -757,9 +791,15 @@ impl ShardMachine {
     }
 
     fn fail(&mut self, err: &StorageError) -> Vec<u8> {
-        let reason = format!("the replica's state machine store failed: {err}");
+        self.stop_serving(format!("the replica's state machine store failed: {err}"))
+    }
+
+    /// Marks the replica failed (every later command is answered `Failed`)
+    /// and answers with the reason.
+    fn stop_serving(&mut self, reason: String) -> Vec<u8> {
         error!(%reason, "replica stops serving");
         self.failed = Some(reason.clone());
+        self.publish();
         encode(&Outcome::<()>::Failed(reason))
     }
 
@@ -916,11 +956,7 @@ impl StateMachine for ShardMachine {
         }
         let entry = match entry_index(slot, self.position) {
             Ok(entry) => entry,
-            Err(reason) => {
-                error!(%reason, "replica stops serving");
-                self.failed = Some(reason.clone());
-                return encode(&Outcome::<()>::Failed(reason));
-            }
+            Err(reason) => return self.stop_serving(reason),
         };
         if let Some(reason) = &self.failed {
             return encode(&Outcome::<()>::Failed(reason.clone()));
@@ -974,6 +1010,7 @@ impl StateMachine for ShardMachine {
             format!("restoring a snapshot at slot {slot}: {err}")
         })?;
         self.failed = None;
+        self.publish();
         Ok(())
     }
 }

@@ -275,13 +275,10 @@ impl WireMessage for Command {}
 impl WireMessage for ReadOp {}
 impl<T: Serialize + DeserializeOwned> WireMessage for Outcome<T> {}
 
-/// The bincode options of every shardkv encoding: fixed-width integers, no
-/// trailing bytes, and a byte limit on decoding.
-pub(crate) fn bincode_options(limit_bytes: usize) -> impl Options {
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_limit(u64::try_from(limit_bytes).unwrap_or(u64::MAX))
-}
+/// The bincode options of every shardkv encoding: the controller's
+/// (fixed-width integers, no trailing bytes, a byte limit on decoding), so
+/// the whole project writes one bincode dialect.
+pub(crate) use controller::wire::bincode_options;
 
 /// Encodes a command, read or answer.
 pub fn encode<T: WireMessage>(value: &T) -> Vec<u8> {
