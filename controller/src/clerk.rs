@@ -289,6 +289,19 @@ impl ControllerClerk {
         changed(self.change(ControllerOp::Move { shard, gid }).await?)
     }
 
+    /// Replaces group `gid`'s replica addresses; returns the configuration
+    /// created.
+    pub async fn set_addresses(
+        &mut self,
+        gid: Gid,
+        addresses: Vec<String>,
+    ) -> Result<ConfigNum, ClerkError> {
+        changed(
+            self.change(ControllerOp::SetAddresses { gid, addresses })
+                .await?,
+        )
+    }
+
     /// Splits the shard containing `key` at `key`; returns the
     /// configuration created and the new shard's id.
     pub async fn split(&mut self, key: Vec<u8>) -> Result<(ConfigNum, ShardId), ClerkError> {

@@ -148,6 +148,9 @@ impl Controller {
             ControllerOp::Split { key } => self
                 .split(key)
                 .map(|(num, shard)| ControllerReply::Split { num, shard }),
+            ControllerOp::SetAddresses { gid, addresses } => self
+                .set_addresses(*gid, addresses)
+                .map(|num| ControllerReply::Changed { num }),
         };
         result.unwrap_or_else(ControllerReply::Error)
     }
@@ -208,6 +211,28 @@ impl Controller {
         let mut table = current.clone();
         table.retain(|gid, _| !leaving.contains(gid));
         Ok(self.push_rebalanced(table, &BTreeSet::new()))
+    }
+
+    /// Replaces group `gid`'s addresses, keeping every owner; returns the
+    /// new configuration's number.
+    pub fn set_addresses(
+        &mut self,
+        gid: Gid,
+        addresses: &[String],
+    ) -> Result<ConfigNum, ControllerError> {
+        if !self.latest_groups().contains_key(&gid) {
+            return Err(ControllerError::UnknownGroup { gid });
+        }
+        check_addresses(gid, addresses)?;
+        let mut table = self.latest_groups().clone();
+        table.insert(gid, addresses.to_vec());
+        let owners = self.latest_stored().owners.clone();
+        self.group_tables.push(table);
+        self.configs.push(StoredConfig {
+            groups: self.group_tables.len() - 1,
+            owners,
+        });
+        Ok(self.latest_num())
     }
 
     /// Hands shard `shard` to group `gid`, with no rebalance; returns the

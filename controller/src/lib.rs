@@ -53,7 +53,7 @@ pub use crate::clerk::{unique_client_id, ClerkError, ClerkOptions, ControllerCle
 pub use crate::config::{ConfigNum, Configuration, Gid, Shard, ShardId};
 pub use crate::core::Controller;
 pub use crate::error::ControllerError;
-pub use crate::rpc::{ServiceError, ShardController, ShardControllerClient};
+pub use crate::rpc::{ControllerStatus, ServiceError, ShardController, ShardControllerClient};
 pub use crate::server::{
     ControllerListeners, ControllerServer, ControllerServerConfig, MemberAddrs, ServerError,
 };

@@ -59,6 +59,25 @@ pub trait ShardController {
     /// the latest. Linearizable: it reflects every change acknowledged
     /// before the call.
     async fn query(num: Option<ConfigNum>) -> Result<Configuration, ServiceError>;
+
+    /// What this replica knows, without going through the log (it may
+    /// lag): for `kvctl cluster status`.
+    async fn status() -> ControllerStatus;
+}
+
+/// One controller replica's view of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerStatus {
+    /// This replica.
+    pub node_id: u64,
+    /// `leader`, `candidate` or `follower`.
+    pub role: String,
+    /// The replica it believes leads.
+    pub leader_hint: Option<u64>,
+    /// Every slot up to here is applied.
+    pub applied_slot: u64,
+    /// The latest configuration this replica has applied.
+    pub num: ConfigNum,
 }
 
 /// Why a call did not get the controller's answer.

@@ -51,7 +51,7 @@ use std::sync::Arc;
 use paxos_log::net::service::{ConnectionStats, TarpcServer};
 use paxos_log::net::{PeerListener, ServerHandle};
 use paxos_log::{
-    Config, DriverOptions, NetLimits, Node, NodeError, NodeHandle, NodeId, NodeMetrics,
+    Config, DriverOptions, NetLimits, Node, NodeError, NodeHandle, NodeId, NodeMetrics, Role,
     SharedStateMachine, StartError, TarpcTransport, WalAcceptorStore,
 };
 use storage::snapshot::SnapshotStore;
@@ -65,7 +65,10 @@ use tracing::error;
 use crate::config::{ConfigNum, Configuration};
 use crate::error::ControllerError;
 use crate::limits::MAX_REQUEST_BYTES;
-use crate::rpc::{ServiceError, ShardController, ShardControllerRequest, ShardControllerResponse};
+use crate::rpc::{
+    ControllerStatus, ServiceError, ShardController, ShardControllerRequest,
+    ShardControllerResponse,
+};
 use crate::session::ClientId;
 use crate::state_machine::ControllerStateMachine;
 use crate::wire::{
@@ -304,6 +307,7 @@ impl ControllerServer {
         let peer_server = listeners.peer.start(handle.clone(), group_id);
         let service = ClientService {
             node: handle.clone(),
+            machine: machine.clone(),
             client_addrs: Arc::new(
                 members
                     .iter()
@@ -403,6 +407,7 @@ impl ControllerServer {
 #[derive(Debug, Clone)]
 struct ClientService {
     node: NodeHandle,
+    machine: SharedMachine,
     /// Client address of every replica, to turn a leader hint (a node id)
     /// into an address a clerk can call.
     client_addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
@@ -472,6 +477,22 @@ impl ShardController for ClientService {
             other => Err(ServiceError::Controller(ControllerError::Malformed {
                 reason: format!("a query was answered with {other:?}"),
             })),
+        }
+    }
+
+    async fn status(self, _: context::Context) -> ControllerStatus {
+        let metrics = self.node.metrics();
+        ControllerStatus {
+            node_id: metrics.id.0,
+            role: match metrics.role {
+                Some(Role::Leader) => "leader",
+                Some(Role::Candidate) => "candidate",
+                Some(Role::Follower) | None => "follower",
+            }
+            .to_string(),
+            leader_hint: metrics.leader_hint.map(|id| id.0),
+            applied_slot: metrics.applied_slot,
+            num: self.machine.lock().controller().latest_num(),
         }
     }
 }

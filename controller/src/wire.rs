@@ -48,6 +48,14 @@ pub enum ControllerOp {
         /// The first key of the new shard.
         key: Vec<u8>,
     },
+    /// Replaces group `gid`'s replica addresses (after a replica was added
+    /// to or removed from it). No shard moves.
+    SetAddresses {
+        /// The group.
+        gid: Gid,
+        /// Its replicas' client addresses.
+        addresses: Vec<String>,
+    },
 }
 
 /// A read of the configurations.

@@ -102,6 +102,13 @@ fn every_invalid_request_gets_its_error_and_changes_nothing() {
             E::UnknownGroup { gid: 9 },
         ),
         (
+            ControllerOp::SetAddresses {
+                gid: 9,
+                addresses: addresses(9),
+            },
+            E::UnknownGroup { gid: 9 },
+        ),
+        (
             ControllerOp::Move { shard: 8, gid: 1 },
             E::UnknownShard { shard: 8 },
         ),
@@ -195,4 +202,29 @@ fn errors_round_trip_through_the_wire_with_their_text() {
         controller::decode::<ControllerReply>(&bytes),
         Ok(ControllerReply::Error(error))
     );
+}
+
+#[test]
+fn set_addresses_replaces_one_groups_addresses_and_moves_no_shard() {
+    let mut admin = Admin::new(8);
+    admin.join(&[1, 2]);
+    let before = admin.latest();
+    let new = vec!["10.0.0.1:1".to_string(), "10.0.0.2:1".to_string()];
+    let reply = admin.change(
+        7,
+        ControllerOp::SetAddresses {
+            gid: 2,
+            addresses: new.clone(),
+        },
+    );
+    assert_eq!(
+        reply,
+        ControllerReply::Changed {
+            num: before.num + 1
+        }
+    );
+    let after = admin.latest();
+    assert_eq!(after.groups[&2], new);
+    assert_eq!(after.groups[&1], before.groups[&1]);
+    assert_eq!(common::owners(&after), common::owners(&before));
 }

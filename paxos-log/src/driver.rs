@@ -524,7 +524,23 @@ struct Driver<S, M, T: ?Sized> {
 /// Bytes before the command in a proposed value: the proposer id of the
 /// driver start that proposed it, and a sequence number, so that start can
 /// answer its waiting proposer.
-const TAG_BYTES: usize = 16;
+pub const TAG_BYTES: usize = 16;
+
+/// Splits one command of a chosen [`Value::Commands`], as this driver
+/// proposed it, into `(proposer id, sequence number, the application's
+/// command)`: every proposed command is prefixed with a [`TAG_BYTES`]-byte
+/// tag, two little-endian u64s. `None` if `tagged` is shorter than the tag.
+/// Read-only tools (`kvctl wal dump`) use it to find the application's
+/// command in a WAL record without duplicating the format.
+pub fn split_command_tag(tagged: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let (tag, command) = tagged.split_at_checked(TAG_BYTES)?;
+    let (proposer, seq) = tag.split_at(8);
+    Some((
+        u64::from_le_bytes(proposer.try_into().ok()?),
+        u64::from_le_bytes(seq.try_into().ok()?),
+        command,
+    ))
+}
 
 /// A proposer id for one start of one replica's driver. It must differ from
 /// every earlier start's: sequence numbers restart at 1, and a restarted
@@ -813,7 +829,7 @@ where
         if let Value::Commands(commands) = value {
             let me = self.proposer_id;
             for tagged in commands {
-                let Some((tag, command)) = tagged.split_at_checked(TAG_BYTES) else {
+                let Some((proposer, seq, command)) = split_command_tag(tagged) else {
                     // Every replica sees the same bytes, so skipping is
                     // deterministic; only a bug can put such a value here.
                     warn!(slot, "skipped a command without its tag");
@@ -823,9 +839,7 @@ where
                 if let Some(snapshots) = self.snapshots.as_mut() {
                     snapshots.note_applied(command.len());
                 }
-                let proposer = u64::from_le_bytes(tag[..8].try_into().unwrap_or([0; 8]));
                 if proposer == me {
-                    let seq = u64::from_le_bytes(tag[8..].try_into().unwrap_or([0; 8]));
                     if let Some(reply) = self.proposals.remove(&seq) {
                         let _ = reply.send(Ok(output));
                     }
@@ -915,5 +929,23 @@ where
             *current = metrics;
             changed
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_command_tag_reads_the_tag_the_driver_writes() {
+        let mut tagged = 7u64.to_le_bytes().to_vec();
+        tagged.extend_from_slice(&9u64.to_le_bytes());
+        tagged.extend_from_slice(b"cmd");
+        assert_eq!(split_command_tag(&tagged), Some((7, 9, &b"cmd"[..])));
+        assert_eq!(
+            split_command_tag(&tagged[..TAG_BYTES]),
+            Some((7, 9, &b""[..]))
+        );
+        assert_eq!(split_command_tag(&tagged[..TAG_BYTES - 1]), None);
     }
 }

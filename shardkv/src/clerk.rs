@@ -37,7 +37,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use controller::{ConfigNum, Configuration, ControllerClerk, Gid};
+use controller::{ConfigNum, Configuration, ControllerClerk, Gid, ShardId};
 use paxos_log::NetLimits;
 use tarpc::client::RpcError;
 use tarpc::context;
@@ -45,6 +45,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::error::KvError;
+use crate::export::{ExportBegin, ExportChunk};
 use crate::rpc::{context_within, parse_addrs, Connections, ServiceError, ShardKvClient};
 use crate::wire::{ClientId, ReadOp, ReadReply, WriteOp, WriteReply};
 
@@ -552,4 +553,94 @@ fn unexpected(reply: &ReadReply) -> ClerkError {
 /// mismatch): it took effect, but the caller cannot tell how.
 fn unexpected_write(reply: &WriteReply) -> ClerkError {
     ClerkError::Indeterminate(format!("unexpected reply {reply:?}"))
+}
+
+/// Shard images, for `kvctl snapshot export` (see [`crate::export`]).
+impl Clerk {
+    /// Takes a point-in-time image of `shard` at the leader of the group
+    /// serving it, routed by `start` (the shard's first key in the caller's
+    /// configuration). Follows leader hints and configuration changes
+    /// until the deadline, like every operation.
+    pub async fn export_begin(
+        &mut self,
+        shard: ShardId,
+        start: &[u8],
+    ) -> Result<ExportBegin, ClerkError> {
+        let call =
+            |client: ShardKvClient, ctx| async move { client.export_begin(ctx, shard).await };
+        self.run(false, start, call).await
+    }
+
+    /// Items of `image` held by `replica` after key `after`, at most about
+    /// `max_bytes`. Retries the same replica until the deadline while it is
+    /// unreachable; an image it no longer holds is an error (begin again).
+    pub async fn export_chunk(
+        &mut self,
+        replica: SocketAddr,
+        image: u64,
+        after: Option<&[u8]>,
+        max_bytes: u64,
+    ) -> Result<ExportChunk, ClerkError> {
+        let after = after.map(<[u8]>::to_vec);
+        let deadline = Instant::now() + self.options.deadline;
+        let mut backoff = self.options.backoff_min;
+        let mut last_cause = String::from("no attempt finished before the deadline");
+        while Instant::now() < deadline {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let timeout = remaining.min(self.options.rpc_timeout);
+            let client = match tokio::time::timeout(
+                timeout,
+                self.connections.get(replica, &self.options.net),
+            )
+            .await
+            {
+                Ok(Ok(client)) => client,
+                Ok(Err(cause)) => {
+                    last_cause = format!("{replica}: {cause}");
+                    self.pause(&mut backoff, deadline).await;
+                    continue;
+                }
+                Err(_) => {
+                    last_cause = format!("{replica}: connect timed out");
+                    self.pause(&mut backoff, deadline).await;
+                    continue;
+                }
+            };
+            let call =
+                client.export_chunk(context_within(timeout), image, after.clone(), max_bytes);
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(Ok(chunk))) => return Ok(chunk),
+                Ok(Ok(Err(ServiceError::Busy))) => last_cause = format!("{replica}: busy"),
+                Ok(Ok(Err(err))) => {
+                    return Err(ClerkError::Unavailable(format!("{replica}: {err}")));
+                }
+                Ok(Err(cause)) => {
+                    self.connections.forget(replica);
+                    last_cause = format!("{replica}: {cause}");
+                }
+                Err(_) => {
+                    self.connections.forget(replica);
+                    last_cause = format!("{replica}: no answer within {} ms", timeout.as_millis());
+                }
+            }
+            self.pause(&mut backoff, deadline).await;
+        }
+        Err(ClerkError::Unavailable(format!(
+            "no answer within {} ms: {last_cause}",
+            self.options.deadline.as_millis()
+        )))
+    }
+
+    /// Tells `replica` to drop `image` now rather than when it idles out;
+    /// one attempt, failures ignored (the replica drops it anyway).
+    pub async fn export_end(&mut self, replica: SocketAddr, image: u64) {
+        let timeout = self.options.rpc_timeout.min(self.options.deadline);
+        if let Ok(Ok(client)) =
+            tokio::time::timeout(timeout, self.connections.get(replica, &self.options.net)).await
+        {
+            let _ =
+                tokio::time::timeout(timeout, client.export_end(context_within(timeout), image))
+                    .await;
+        }
+    }
 }

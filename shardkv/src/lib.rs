@@ -5,6 +5,7 @@
 //!     config cache (ControllerClerk)            ├─ write: propose Command::Write to paxos-log
 //!     leader per group, backoff,                ├─ read:  paxos-log read-index, no log write
 //!     (client_id, seq) retries                  ├─ pull_shard / delete_shard: for other groups
+//!                                               ├─ export_begin / _chunk / _end: shard images
 //!                                               └─ migration task (leader only):
 //!                                                    poll controller → InstallConfig
 //!                                                    pull frozen shards → InstallChunk
@@ -25,11 +26,13 @@
 //! the log ([`migration`]); the previous owner deletes its copy once the new
 //! owner confirms. The [`Clerk`] routes each key to its group, finds leaders,
 //! retries safely and reports operations whose outcome is unknown as
-//! indeterminate. Design notes and the reasoning behind them:
-//! `docs/shardkv.md`.
+//! indeterminate. Each replica counts the requests it serves ([`stats`]),
+//! for the metrics the `tools` crate exports. Design notes and the
+//! reasoning behind them: `docs/shardkv.md`.
 
 pub mod clerk;
 pub mod error;
+pub mod export;
 pub mod faults;
 pub mod group;
 pub mod hash;
@@ -39,6 +42,7 @@ pub mod rpc;
 pub mod server;
 pub mod session;
 pub mod state_machine;
+pub mod stats;
 pub mod wire;
 
 pub use crate::clerk::{CasResult, Clerk, ClerkError, ClerkOptions};

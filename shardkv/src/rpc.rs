@@ -2,10 +2,11 @@
 //! [`ServiceError`] it answers with.
 //!
 //! Clerks call `write` and `read`; other groups call `pull_shard` and
-//! `delete_shard` during a migration; tools call `status`. All of it is
-//! served on each replica's *client* address, apart from the replicas' own
-//! `paxos-log` peer port, with the same bounded framing (see
-//! [`paxos_log::net::codec`]).
+//! `delete_shard` during a migration; tools call `status`, and
+//! `export_begin`, `export_chunk` and `export_end` to copy a shard (see
+//! [`crate::export`]). All of it is served on each replica's *client*
+//! address, apart from the replicas' own `paxos-log` peer port, with the
+//! same bounded framing (see [`paxos_log::net::codec`]).
 //!
 //! # Errors
 //!
@@ -18,6 +19,7 @@ use controller::{ConfigNum, Gid, ShardId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::KvError;
+use crate::export::{ExportBegin, ExportChunk};
 use crate::wire::{ClientId, Cursor, ReadOp, ReadReply, Record, WriteOp, WriteReply};
 
 /// What a replica offers clerks, other groups and tools.
@@ -48,6 +50,23 @@ pub trait ShardKv {
 
     /// What this replica knows, without going through the log (it may lag).
     async fn status() -> Result<ReplicaStatus, ServiceError>;
+
+    /// Takes a linearizable point-in-time image of `shard` (its data only)
+    /// and holds it for `export_chunk`. Only the leader of the group
+    /// serving the shard answers; see [`crate::export`] for the bounds.
+    async fn export_begin(shard: ShardId) -> Result<ExportBegin, ServiceError>;
+
+    /// Items of the image `image` after key `after` (from the first if
+    /// `None`), at most `max_bytes` of keys and values (at least one). Asked
+    /// of the replica that took the image.
+    async fn export_chunk(
+        image: u64,
+        after: Option<Vec<u8>>,
+        max_bytes: u64,
+    ) -> Result<ExportChunk, ServiceError>;
+
+    /// Drops the image `image` (gone already is fine).
+    async fn export_end(image: u64) -> Result<(), ServiceError>;
 }
 
 /// A chunk of a frozen shard.

@@ -7,6 +7,8 @@
 //!   ClientService: write ──Command::Write──► NodeHandle::propose
 //!                  read  ──ReadOp─────────► NodeHandle::read (read-index)
 //!                  pull_shard ─────────────► local frozen copy (any replica)
+//!                  export_begin/_chunk/_end ► read-index, then a copy of a shard
+//!                                             held in memory (crate::export)
 //!                  delete_shard ─Command::DeleteShard─► propose
 //!                  │
 //!   paxos-log Node (own thread) ── WalAcceptorStore  data_dir/wal
@@ -36,7 +38,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use controller::{ConfigNum, ControllerListeners, Gid, MemberAddrs, ShardId};
 use paxos_log::net::service::{ConnectionStats, TarpcServer};
@@ -47,7 +49,7 @@ use paxos_log::{
 };
 use storage::sled_store::SledStore;
 use storage::snapshot::SnapshotStore;
-use storage::wal::WalOptions;
+use storage::wal::{WalOptions, WalStats};
 use storage::{RealFs, StorageError};
 use tarpc::context;
 use tarpc::server::InFlightRequest;
@@ -55,6 +57,7 @@ use tokio::sync::watch;
 use tracing::error;
 
 use crate::error::KvError;
+use crate::export::{ExportBegin, ExportChunk, ExportContext, ExportImages};
 use crate::faults::{Dice, Faults, LossyTransport};
 use crate::group::{GroupState, ShardState};
 use crate::limits::Limits;
@@ -63,6 +66,7 @@ use crate::rpc::{
     PullReply, ReplicaStatus, ServiceError, ShardKv, ShardKvRequest, ShardKvResponse, ShardReport,
 };
 use crate::state_machine::{GroupView, ShardMachine};
+use crate::stats::{ReplicaProbe, RequestKind, RequestOutcome, RequestStats};
 use crate::wire::{
     decode, encode, ClientId, Command, Cursor, Outcome, ReadOp, ReadReply, WriteOp, WriteReply,
 };
@@ -161,6 +165,8 @@ pub struct ShardKvServer {
     client_server: Option<TarpcServer>,
     migration: Option<tokio::task::JoinHandle<()>>,
     transport: Option<Arc<TarpcTransport>>,
+    requests: Arc<RequestStats>,
+    wal_stats: Arc<WalStats>,
 }
 
 impl ShardKvServer {
@@ -228,15 +234,16 @@ impl ShardKvServer {
         let log_config = Config::new(node_id, members.keys().copied().collect());
         // Opening the WAL replays it, opening sled recovers it, restoring a
         // snapshot imports it: blocking work kept off the runtime's workers.
-        let (node, machine) = {
+        let (node, machine, wal_stats) = {
             let transport = log_transport;
             let limits = limits.clone();
             tokio::task::spawn_blocking(
-                move || -> Result<(Node<SharedMachine>, SharedMachine), ServerError> {
+                move || -> Result<(Node<SharedMachine>, SharedMachine, Arc<WalStats>), ServerError> {
                     let fs = RealFs::shared();
                     let store = Arc::new(SledStore::open(&data_dir.join("sm"))?);
                     let machine = SharedMachine::new(ShardMachine::open(store, gid, limits)?);
                     let wal = WalAcceptorStore::open(fs.clone(), &data_dir.join("wal"), wal)?;
+                    let wal_stats = wal.stats();
                     let snapshots = SnapshotStore::open(fs, &data_dir.join("snap"))?;
                     let node = Node::start_with_snapshots(
                         log_config,
@@ -246,7 +253,7 @@ impl ShardKvServer {
                         driver,
                         snapshots,
                     )?;
-                    Ok((node, machine))
+                    Ok((node, machine, wal_stats))
                 },
             )
             .await
@@ -256,7 +263,10 @@ impl ShardKvServer {
         let view = machine.lock().subscribe();
         let (peer_listener, client_listener) = listeners.into_parts();
         let peer_server = peer_listener.start(handle.clone(), gid);
+        let requests = Arc::new(RequestStats::default());
         let service = ClientService {
+            exports: ExportImages::new(),
+            requests: Arc::clone(&requests),
             node: handle.clone(),
             machine: machine.clone(),
             view: view.clone(),
@@ -299,6 +309,8 @@ impl ShardKvServer {
             client_server: Some(client_server),
             migration: Some(migration),
             transport: Some(transport),
+            requests,
+            wal_stats,
         })
     }
 
@@ -335,6 +347,29 @@ impl ShardKvServer {
     /// What this replica knows, as the `status` RPC answers it.
     pub fn status(&self) -> ReplicaStatus {
         status(&self.machine, &self.handle, self.gid)
+    }
+
+    /// The `ShardKv` requests this replica served so far.
+    pub fn request_stats(&self) -> Arc<RequestStats> {
+        Arc::clone(&self.requests)
+    }
+
+    /// The acceptor WAL's write-path counters (fsyncs and their time).
+    pub fn wal_stats(&self) -> Arc<WalStats> {
+        Arc::clone(&self.wal_stats)
+    }
+
+    /// A cheap view of this replica for status pages and metrics (see
+    /// [`crate::stats`]).
+    pub fn probe(&self) -> ReplicaProbe {
+        ReplicaProbe {
+            machine: self.machine.clone(),
+            node: self.handle.clone(),
+            view: self.view.clone(),
+            gid: self.gid,
+            requests: Arc::clone(&self.requests),
+            wal: Arc::clone(&self.wal_stats),
+        }
     }
 
     /// What the client listener has done with connections so far.
@@ -387,7 +422,7 @@ impl Drop for ShardKvServer {
 }
 
 /// The replica's status from its local state.
-fn status(machine: &SharedMachine, node: &NodeHandle, gid: Gid) -> ReplicaStatus {
+pub(crate) fn status(machine: &SharedMachine, node: &NodeHandle, gid: Gid) -> ReplicaStatus {
     let metrics = node.metrics();
     let machine = machine.lock();
     let group = machine.group();
@@ -472,6 +507,9 @@ struct ClientService {
     faults: Faults,
     dice: Arc<Dice>,
     client_addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+    /// Shard images held for `kvctl snapshot export`.
+    exports: Arc<ExportImages>,
+    requests: Arc<RequestStats>,
 }
 
 impl ClientService {
@@ -493,6 +531,12 @@ impl ClientService {
             ));
         }
         result
+    }
+
+    /// Counts a served request in the replica's [`RequestStats`].
+    fn count<T>(&self, kind: RequestKind, result: &Result<T, ServiceError>, started: Instant) {
+        self.requests
+            .record(kind, RequestOutcome::of(result), started.elapsed());
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), ServiceError> {
@@ -534,13 +578,19 @@ impl ShardKv for ClientService {
         seq: u64,
         op: WriteOp,
     ) -> Result<WriteReply, ServiceError> {
+        let (kind, started) = (RequestKind::of_write(&op), Instant::now());
         let this = self.clone();
-        self.faulty(this.write_inner(client_id, seq, op)).await
+        let result = self.faulty(this.write_inner(client_id, seq, op)).await;
+        self.count(kind, &result, started);
+        result
     }
 
     async fn read(self, _: context::Context, op: ReadOp) -> Result<ReadReply, ServiceError> {
+        let (kind, started) = (RequestKind::of_read(&op), Instant::now());
         let this = self.clone();
-        self.faulty(this.read_inner(op)).await
+        let result = self.faulty(this.read_inner(op)).await;
+        self.count(kind, &result, started);
+        result
     }
 
     async fn pull_shard(
@@ -551,9 +601,13 @@ impl ShardKv for ClientService {
         after: Option<Cursor>,
         max_bytes: u64,
     ) -> Result<PullReply, ServiceError> {
+        let started = Instant::now();
         let this = self.clone();
-        self.faulty(this.pull_shard_inner(shard, num, after, max_bytes))
-            .await
+        let result = self
+            .faulty(this.pull_shard_inner(shard, num, after, max_bytes))
+            .await;
+        self.count(RequestKind::PullShard, &result, started);
+        result
     }
 
     async fn delete_shard(
@@ -562,12 +616,47 @@ impl ShardKv for ClientService {
         shard: ShardId,
         num: ConfigNum,
     ) -> Result<(), ServiceError> {
+        let started = Instant::now();
         let this = self.clone();
-        self.faulty(this.delete_shard_inner(shard, num)).await
+        let result = self.faulty(this.delete_shard_inner(shard, num)).await;
+        self.count(RequestKind::DeleteShard, &result, started);
+        result
     }
 
     async fn status(self, _: context::Context) -> Result<ReplicaStatus, ServiceError> {
         Ok(status(&self.machine, &self.node, self.gid))
+    }
+
+    async fn export_begin(
+        self,
+        _: context::Context,
+        shard: ShardId,
+    ) -> Result<ExportBegin, ServiceError> {
+        let context = ExportContext {
+            images: &self.exports,
+            node: &self.node,
+            machine: &self.machine,
+            client_addrs: &self.client_addrs,
+        };
+        crate::export::begin(context, shard).await
+    }
+
+    async fn export_chunk(
+        self,
+        _: context::Context,
+        image: u64,
+        after: Option<Vec<u8>>,
+        max_bytes: u64,
+    ) -> Result<ExportChunk, ServiceError> {
+        let max_bytes = usize::try_from(max_bytes)
+            .unwrap_or(usize::MAX)
+            .min(self.limits.migration_chunk_bytes);
+        crate::export::chunk(&self.exports, image, after.as_deref(), max_bytes)
+    }
+
+    async fn export_end(self, _: context::Context, image: u64) -> Result<(), ServiceError> {
+        crate::export::end(&self.exports, image);
+        Ok(())
     }
 }
 

@@ -9,8 +9,12 @@
 //! data_dir = "data"               # relative to this file's directory
 //! peer_addr = "127.0.0.1:7411"    # the group's own paxos-log traffic
 //! client_addr = "127.0.0.1:7412"  # clerks, admin tools, other groups
+//! http_addr = "127.0.0.1:7413"    # role = "group" only, optional: HTTP API and /metrics
 //! controllers = ["127.0.0.1:7402"] # role = "group" only: controller client addresses
 //! initial_shards = 8              # role = "controller" only: shards of configuration 0
+//!
+//! genesis_members = [1, 2, 3]     # optional: the group's first members (default: every
+//!                                 # `[[members]]` entry); set once a replica was added or removed
 //!
 //! [[members]]                     # every replica of this node's group, this one included
 //! node_id = 1
@@ -38,11 +42,11 @@ use std::time::Duration;
 
 use controller::{ControllerServerConfig, MemberAddrs};
 use paxos_log::{DriverOptions, NodeId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use shardkv::{Limits, ShardKvServerConfig};
 
 /// What a node is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A replica of the shard controller.
@@ -107,6 +111,8 @@ pub struct KvdConfig {
     pub peer_addr: SocketAddr,
     /// Its client address.
     pub client_addr: SocketAddr,
+    /// Its HTTP address (role = "group"; none: no HTTP).
+    pub http_addr: Option<SocketAddr>,
     /// Controller client addresses (role = "group").
     #[serde(default)]
     pub controllers: Vec<SocketAddr>,
@@ -114,6 +120,10 @@ pub struct KvdConfig {
     pub initial_shards: Option<u32>,
     /// Every replica of its group.
     pub members: Vec<Member>,
+    /// The group's members at its creation (default: `members`): the
+    /// replicated log's genesis configuration, the same on every replica
+    /// forever, whatever replicas were added or removed since.
+    pub genesis_members: Option<Vec<u64>>,
     /// Driver timing.
     #[serde(default)]
     pub log: LogSettings,
@@ -139,7 +149,16 @@ pub enum NodeConfig {
     /// A controller replica.
     Controller(ControllerServerConfig),
     /// A group replica.
-    Group(ShardKvServerConfig),
+    Group(GroupNode),
+}
+
+/// A group replica's validated configuration.
+#[derive(Debug, Clone)]
+pub struct GroupNode {
+    /// The replica.
+    pub server: ShardKvServerConfig,
+    /// Where it serves HTTP, if anywhere.
+    pub http_addr: Option<SocketAddr>,
 }
 
 /// The controller group's id on the peer transport (group ids start at 1).
@@ -226,14 +245,33 @@ impl KvdConfig {
             snapshot_every_bytes: self.log.snapshot_every_bytes,
             ..DriverOptions::default()
         };
+        let genesis = match &self.genesis_members {
+            None => None,
+            Some(ids) => {
+                let unique: BTreeSet<u64> = ids.iter().copied().collect();
+                if ids.is_empty() || unique.len() != ids.len() || unique.contains(&0) {
+                    return fail(
+                        "`genesis_members` must list the group's first replica ids, each once, \
+                         none 0 (or be left out)"
+                            .into(),
+                    );
+                }
+                Some(ids.iter().map(|&id| NodeId(id)).collect::<Vec<_>>())
+            }
+        };
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         let data_dir = base.join(&self.data_dir);
         match self.role {
             Role::Controller => {
-                if self.gid.is_some() || !self.controllers.is_empty() || self.limits.is_some() {
+                if self.gid.is_some()
+                    || genesis.is_some()
+                    || !self.controllers.is_empty()
+                    || self.limits.is_some()
+                    || self.http_addr.is_some()
+                {
                     return fail(
-                        "`gid`, `controllers` and `[limits]` belong to role = \"group\"; remove \
-                         them from a controller's file"
+                        "`gid`, `controllers`, `genesis_members`, `http_addr` and `[limits]` \
+                         belong to role = \"group\"; remove them from a controller's file"
                             .into(),
                     );
                 }
@@ -283,16 +321,27 @@ impl KvdConfig {
                 if let Err(reason) = limits.validate() {
                     return fail(format!("[limits]: {reason}"));
                 }
-                Ok(NodeConfig::Group(ShardKvServerConfig {
-                    limits,
-                    driver,
-                    ..ShardKvServerConfig::new(
-                        NodeId(self.node_id),
-                        gid,
-                        members,
-                        data_dir,
-                        self.controllers.clone(),
-                    )
+                if let Some(http) = self.http_addr {
+                    if addrs.contains(&http) {
+                        return fail(format!(
+                            "`http_addr` {http} is also a peer or client address: give HTTP its \
+                             own port"
+                        ));
+                    }
+                }
+                Ok(NodeConfig::Group(GroupNode {
+                    server: ShardKvServerConfig {
+                        limits,
+                        driver,
+                        ..ShardKvServerConfig::new(
+                            NodeId(self.node_id),
+                            gid,
+                            members,
+                            data_dir,
+                            self.controllers.clone(),
+                        )
+                    },
+                    http_addr: self.http_addr,
                 }))
             }
         }
@@ -329,9 +378,9 @@ client_addr = "127.0.0.1:7412"
     #[test]
     fn a_good_group_file_resolves_its_data_dir_next_to_the_file() {
         match check(GROUP).unwrap() {
-            NodeConfig::Group(config) => {
-                assert_eq!(config.gid, 1);
-                assert_eq!(config.data_dir, Path::new("/cluster/g1-n1/data"));
+            NodeConfig::Group(node) => {
+                assert_eq!(node.server.gid, 1);
+                assert_eq!(node.server.data_dir, Path::new("/cluster/g1-n1/data"));
             }
             other => panic!("{other:?}"),
         }

@@ -32,6 +32,7 @@
 //! fail with [`StorageError::Corruption`] naming the WAL directory and the
 //! record's LSN: the frame checksum already passed, so such a record was
 //! written by an incompatible build, and skipping it could forget a promise.
+//! [`decode_acceptor_record`] decodes one record for read-only tools.
 //!
 //! # Failures
 //!
@@ -307,6 +308,31 @@ impl AcceptorStore for WalAcceptorStore {
     }
 }
 
+/// Decodes one acceptor record (the payload of one WAL record this store
+/// wrote: see the module docs for the format) into its ops, without
+/// applying them. Read-only tools such as `kvctl wal dump` use it so they
+/// never duplicate the format; the error is the reason the bytes are not a
+/// record this build reads (the caller adds where they came from).
+pub fn decode_acceptor_record(payload: &[u8]) -> Result<Vec<PersistOp>, String> {
+    let Some((&version, body)) = payload.split_first() else {
+        return Err("empty acceptor record, expected a format version byte".to_string());
+    };
+    if version != ACCEPTOR_RECORD_VERSION {
+        return Err(format!(
+            "acceptor record format version {version}, this build reads version \
+             {ACCEPTOR_RECORD_VERSION}"
+        ));
+    }
+    // The same encoding as `bincode::serialize`, but strict: trailing bytes
+    // are an error, and no length prefix may claim more than the record holds.
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+        .with_limit(u64::try_from(body.len()).unwrap_or(u64::MAX))
+        .deserialize(body)
+        .map_err(|error| format!("undecodable acceptor ops: {error}"))
+}
+
 /// Decodes one acceptor record and applies its ops to `state`.
 fn decode_record(
     dir: &Path,
@@ -314,32 +340,49 @@ fn decode_record(
     payload: &[u8],
     state: &mut RecoveredState,
 ) -> Result<(), StorageError> {
-    let corruption = |reason: String| StorageError::Corruption {
+    let ops = decode_acceptor_record(payload).map_err(|reason| StorageError::Corruption {
         path: dir.to_path_buf(),
         offset: 0,
         reason: format!("record LSN {lsn}: {reason}"),
-    };
-    let Some((&version, body)) = payload.split_first() else {
-        return Err(corruption(
-            "empty acceptor record, expected a format version byte".to_string(),
-        ));
-    };
-    if version != ACCEPTOR_RECORD_VERSION {
-        return Err(corruption(format!(
-            "acceptor record format version {version}, this build reads version \
-             {ACCEPTOR_RECORD_VERSION}"
-        )));
-    }
-    // The same encoding as `bincode::serialize`, but strict: trailing bytes
-    // are an error, and no length prefix may claim more than the record holds.
-    let ops: Vec<PersistOp> = bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .reject_trailing_bytes()
-        .with_limit(u64::try_from(body.len()).unwrap_or(u64::MAX))
-        .deserialize(body)
-        .map_err(|error| corruption(format!("undecodable acceptor ops: {error}")))?;
+    })?;
     for op in &ops {
         apply_op(state, op);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Ballot, NodeId, Value};
+
+    #[test]
+    fn decode_acceptor_record_reads_what_persist_writes_and_names_bad_input() {
+        let ops = vec![
+            PersistOp::Promise {
+                ballot: Ballot {
+                    round: 2,
+                    node_id: NodeId(1),
+                },
+            },
+            PersistOp::Chosen {
+                slot: 3,
+                value: Value::Commands(vec![b"c".to_vec()]),
+            },
+        ];
+        let mut record = vec![ACCEPTOR_RECORD_VERSION];
+        record.extend(bincode::serialize(&ops).unwrap());
+        assert_eq!(decode_acceptor_record(&record), Ok(ops));
+
+        assert!(decode_acceptor_record(&[]).unwrap_err().contains("empty"));
+        record[0] = 9;
+        assert!(decode_acceptor_record(&record)
+            .unwrap_err()
+            .contains("version 9"));
+        record[0] = ACCEPTOR_RECORD_VERSION;
+        record.push(0);
+        assert!(decode_acceptor_record(&record)
+            .unwrap_err()
+            .contains("undecodable"));
+    }
 }

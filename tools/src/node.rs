@@ -1,0 +1,180 @@
+//! The body of `kvd --config DIR/NODE/kvd.toml`: one shardkv node (a
+//! controller replica or a group replica) in the foreground.
+//!
+//! It is a library function so that two binaries can run it: `kvd`, and
+//! `kvctl` when started under the name `kvd` (`kvctl cluster up` does that
+//! when no `kvd` binary sits next to it, so that `cargo run --bin kvctl`
+//! alone gives a working cluster; see docs/tools.md).
+//!
+//! It validates its configuration (exit 2 naming the key and the fix),
+//! locks its data directory, starts the node, and runs until SIGTERM or
+//! SIGINT, then stops cleanly: listeners closed, the log's thread joined
+//! (everything acknowledged is on disk), the store flushed. SIGKILL loses
+//! nothing acknowledged either; that is what the WAL is for. Logs go to
+//! stderr, filtered by `RUST_LOG` (default `info`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::data_dir::DataDirLock;
+use crate::http_gateway::{self, Gateway, GatewayOptions};
+use crate::kvd_config::{GroupNode, KvdConfig, NodeConfig};
+use crate::metrics::{NodeIdentity, NodeMetrics};
+use anyhow::Context;
+use clap::Parser;
+use controller::ControllerServer;
+use shardkv::ShardKvServer;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// One shardkv node, in the foreground.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kvd",
+    version,
+    about = "Runs one shardkv node (a controller replica or a replica-group member) in the \
+             foreground.",
+    after_help = "The file's keys are documented in the tools crate (kvd_config). SIGTERM or \
+                  SIGINT stops the node cleanly; logs go to stderr, filtered by RUST_LOG \
+                  (e.g. RUST_LOG=debug, RUST_LOG=shardkv=debug,info)."
+)]
+struct Args {
+    /// The node's kvd.toml.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+/// Runs `kvd` with this process's arguments; the process's exit code.
+pub fn kvd_main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let loaded = KvdConfig::load(&args.config)
+        .and_then(|config| Ok((config.validate(&args.config)?, config.name)));
+    let (node, name) = match loaded {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("kvd: invalid configuration: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(node, name) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("{err:#}");
+            eprintln!("kvd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(node: NodeConfig, name: String) -> anyhow::Result<()> {
+    let data_dir = match &node {
+        NodeConfig::Controller(config) => config.data_dir.clone(),
+        NodeConfig::Group(node) => node.server.data_dir.clone(),
+    };
+    let _lock = DataDirLock::acquire(&data_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match node {
+            NodeConfig::Controller(config) => {
+                let (id, addr) = (config.node_id, config.members[&config.node_id].client);
+                let server = ControllerServer::start(config)
+                    .await
+                    .context("starting the controller replica")?;
+                info!(node = %id, %addr, "controller replica serving");
+                println!("ready");
+                wait_for_stop().await?;
+                info!("stopping");
+                server.shutdown().await;
+            }
+            NodeConfig::Group(node) => run_group(node, name).await?,
+        }
+        info!("stopped");
+        Ok(())
+    })
+}
+
+/// How long requests in flight on the HTTP gateway may take to finish
+/// once the node is told to stop.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+/// A group replica, and its HTTP gateway if it has an `http_addr`, until
+/// SIGTERM or SIGINT. The HTTP address is bound before anything starts (a
+/// taken port fails the start, naming the address); at the stop, HTTP stops
+/// first (requests in flight get [`HTTP_DRAIN`] to finish), then the
+/// replica.
+async fn run_group(node: GroupNode, name: String) -> anyhow::Result<()> {
+    let (id, gid) = (node.server.node_id, node.server.gid);
+    let http = match node.http_addr {
+        Some(addr) => Some((addr, http_gateway::bind(addr).await?)),
+        None => None,
+    };
+    let options = GatewayOptions::new(node.server.controllers.clone(), node.server.limits.clone());
+    let data_dir = node.server.data_dir.clone();
+    let server = ShardKvServer::start(node.server)
+        .await
+        .context("starting the group replica")?;
+    info!(node = %id, gid, addr = %server.client_addr(), "group replica serving");
+    let mut gateway = None;
+    if let Some((addr, listener)) = http {
+        let probe = server.probe();
+        let identity = NodeIdentity {
+            name: name.clone(),
+            gid,
+            node_id: id.0,
+        };
+        let metrics = match NodeMetrics::new(probe.clone(), data_dir, &identity) {
+            Ok(metrics) => Arc::new(metrics),
+            Err(err) => {
+                server.shutdown().await;
+                return Err(err).context("setting up the node's metrics");
+            }
+        };
+        let state = Arc::new(Gateway::new(name, options, metrics, probe));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(http_gateway::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        info!(%addr, "HTTP gateway serving");
+        gateway = Some((stop, task));
+    }
+    println!("ready");
+    wait_for_stop().await?;
+    info!("stopping");
+    if let Some((stop, task)) = gateway {
+        let _ = stop.send(());
+        match tokio::time::timeout(HTTP_DRAIN, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => error!(%err, "HTTP gateway"),
+            Ok(Err(cause)) => error!(%cause, "HTTP gateway task failed"),
+            Err(_) => warn!(
+                drain_ms = HTTP_DRAIN.as_millis(),
+                "HTTP requests still in flight; stopping without them"
+            ),
+        }
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_stop() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
