@@ -38,19 +38,18 @@
 //! bookkeeping stay behind.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use controller::{ConfigNum, ShardId};
-use paxos_log::{NodeHandle, NodeId};
+use paxos_log::NodeHandle;
 use serde::{Deserialize, Serialize};
 use storage::sled_store::Space;
 
 use crate::error::KvError;
 use crate::rpc::ServiceError;
-use crate::server::{service_error, SharedMachine};
+use crate::server::{service_error, ClientAddrs, SharedMachine};
 use crate::wire::{encode, ReadOp};
 
 /// Most bytes one image may take, counting [`ITEM_OVERHEAD_BYTES`] per item
@@ -251,7 +250,7 @@ pub(crate) struct ExportContext<'a> {
     pub(crate) images: &'a Arc<ExportImages>,
     pub(crate) node: &'a NodeHandle,
     pub(crate) machine: &'a SharedMachine,
-    pub(crate) client_addrs: &'a BTreeMap<NodeId, SocketAddr>,
+    pub(crate) client_addrs: &'a ClientAddrs,
 }
 
 /// `export_begin`: a linearizable image of `shard` (leader only).
@@ -269,8 +268,8 @@ pub(crate) async fn begin(
         .map_err(|error| service_error(error, context.client_addrs))?;
     let replica = context
         .client_addrs
-        .get(&context.node.id())
-        .map(SocketAddr::to_string)
+        .get(context.node.id())
+        .map(|addr| addr.to_string())
         .unwrap_or_default();
     let machine = context.machine.clone();
     let images = Arc::clone(context.images);

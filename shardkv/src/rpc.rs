@@ -67,6 +67,30 @@ pub trait ShardKv {
 
     /// Drops the image `image` (gone already is fine).
     async fn export_end(image: u64) -> Result<(), ServiceError>;
+
+    /// From now on, sends the group's log traffic to `peers` (every replica
+    /// of the group, this one included or not) and names their client
+    /// addresses in leader hints: the step before and after a membership
+    /// change (`kvctl admin add-replica|remove-replica`). Not persisted: a
+    /// restarted replica reads its peers from its configuration file.
+    async fn set_peers(peers: Vec<PeerAddrs>) -> Result<(), ServiceError>;
+
+    /// Proposes `members` (node ids) as the group's replicas; answers, on
+    /// the leader, once the change is in force, with the first slot the new
+    /// members vote on. Every new member's address must be known here first
+    /// (`set_peers`).
+    async fn reconfigure(members: Vec<u64>) -> Result<u64, ServiceError>;
+}
+
+/// One replica's addresses, for [`ShardKv::set_peers`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddrs {
+    /// The replica's id in the group.
+    pub node_id: u64,
+    /// Where its peer (log) listener is.
+    pub peer_addr: String,
+    /// Where its client listener is.
+    pub client_addr: String,
 }
 
 /// A chunk of a frozen shard.

@@ -37,7 +37,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use controller::{ConfigNum, ControllerListeners, Gid, MemberAddrs, ShardId};
@@ -63,7 +63,8 @@ use crate::group::{GroupState, ShardState};
 use crate::limits::Limits;
 use crate::migration::{self, MigrationOptions};
 use crate::rpc::{
-    PullReply, ReplicaStatus, ServiceError, ShardKv, ShardKvRequest, ShardKvResponse, ShardReport,
+    PeerAddrs, PullReply, ReplicaStatus, ServiceError, ShardKv, ShardKvRequest, ShardKvResponse,
+    ShardReport,
 };
 use crate::state_machine::{GroupView, ShardMachine};
 use crate::stats::{ReplicaProbe, RequestKind, RequestOutcome, RequestStats};
@@ -99,6 +100,10 @@ pub struct ShardKvServerConfig {
     pub wal: WalOptions,
     /// Faults to inject (tests only; none by default).
     pub faults: Faults,
+    /// The group's members at its creation, the replicated log's genesis
+    /// configuration (the same on every replica, forever); `None`: the keys
+    /// of `members`. Set once replicas were added or removed.
+    pub genesis: Option<Vec<NodeId>>,
 }
 
 impl ShardKvServerConfig {
@@ -122,6 +127,7 @@ impl ShardKvServerConfig {
             net: NetLimits::default(),
             wal: WalOptions::default(),
             faults: Faults::default(),
+            genesis: None,
         }
     }
 }
@@ -200,6 +206,7 @@ impl ShardKvServer {
             net,
             wal,
             faults,
+            genesis,
         } = config;
         if !members.contains_key(&node_id) {
             return Err(ServerError::Config(format!(
@@ -231,7 +238,8 @@ impl ShardKvServer {
         } else {
             Arc::clone(&transport) as Arc<dyn Transport>
         };
-        let log_config = Config::new(node_id, members.keys().copied().collect());
+        let genesis = genesis.unwrap_or_else(|| members.keys().copied().collect());
+        let log_config = Config::new(node_id, genesis);
         // Opening the WAL replays it, opening sled recovers it, restoring a
         // snapshot imports it: blocking work kept off the runtime's workers.
         let (node, machine, wal_stats) = {
@@ -274,12 +282,13 @@ impl ShardKvServer {
             limits: Arc::new(limits.clone()),
             faults,
             dice: Arc::new(Dice::new(faults.seed)),
-            client_addrs: Arc::new(
+            client_addrs: Arc::new(ClientAddrs(RwLock::new(
                 members
                     .iter()
                     .map(|(id, addrs)| (*id, addrs.client))
                     .collect(),
-            ),
+            ))),
+            transport: Arc::clone(&transport),
         };
         let client_server = TarpcServer::spawn(
             "shardkv client",
@@ -475,16 +484,31 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The client address of every replica of the group, to turn a leader
+/// hint (a node id) into an address a clerk can call. Starts from the
+/// configured members; `set_peers` replaces it after a membership change.
+#[derive(Debug, Default)]
+pub(crate) struct ClientAddrs(RwLock<BTreeMap<NodeId, SocketAddr>>);
+
+impl ClientAddrs {
+    /// Replica `id`'s client address, if known.
+    pub(crate) fn get(&self, id: NodeId) -> Option<SocketAddr> {
+        let addrs = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        addrs.get(&id).copied()
+    }
+
+    fn replace(&self, addrs: BTreeMap<NodeId, SocketAddr>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = addrs;
+    }
+}
+
 /// Maps a driver error to what the caller can conclude.
-pub(crate) fn service_error(
-    error: NodeError,
-    client_addrs: &BTreeMap<NodeId, SocketAddr>,
-) -> ServiceError {
+pub(crate) fn service_error(error: NodeError, client_addrs: &ClientAddrs) -> ServiceError {
     match error {
         NodeError::NotLeader { leader_hint } => ServiceError::NotLeader {
             leader_hint: leader_hint
-                .and_then(|id| client_addrs.get(&id))
-                .map(SocketAddr::to_string),
+                .and_then(|id| client_addrs.get(id))
+                .map(|addr| addr.to_string()),
         },
         NodeError::Busy | NodeError::Reconfiguring | NodeError::InvalidMembership(_) => {
             ServiceError::Busy
@@ -506,7 +530,9 @@ struct ClientService {
     limits: Arc<Limits>,
     faults: Faults,
     dice: Arc<Dice>,
-    client_addrs: Arc<BTreeMap<NodeId, SocketAddr>>,
+    client_addrs: Arc<ClientAddrs>,
+    /// The peer transport, whose peers `set_peers` changes.
+    transport: Arc<TarpcTransport>,
     /// Shard images held for `kvctl snapshot export`.
     exports: Arc<ExportImages>,
     requests: Arc<RequestStats>,
@@ -658,7 +684,63 @@ impl ShardKv for ClientService {
         crate::export::end(&self.exports, image);
         Ok(())
     }
+
+    async fn set_peers(
+        self,
+        _: context::Context,
+        peers: Vec<PeerAddrs>,
+    ) -> Result<(), ServiceError> {
+        let refuse = |reason: String| ServiceError::Refused(KvError::Malformed { reason });
+        if peers.len() > MAX_PEERS {
+            return Err(refuse(format!("{} peers: at most {MAX_PEERS}", peers.len())));
+        }
+        let mut peer_addrs = BTreeMap::new();
+        let mut client_addrs = BTreeMap::new();
+        for entry in &peers {
+            let parse = |text: &str| {
+                text.parse::<SocketAddr>()
+                    .map_err(|e| refuse(format!("replica {}: address {text:?}: {e}", entry.node_id)))
+            };
+            let id = NodeId(entry.node_id);
+            peer_addrs.insert(id, parse(&entry.peer_addr)?);
+            client_addrs.insert(id, parse(&entry.client_addr)?);
+        }
+        let me = self.node.id();
+        for (&id, &addr) in &peer_addrs {
+            if id != me {
+                self.transport.set_peer(id, addr);
+            }
+        }
+        let known: Vec<NodeId> = self.transport.peers();
+        for id in known {
+            if !peer_addrs.contains_key(&id) {
+                self.transport.remove_peer(id);
+            }
+        }
+        self.client_addrs.replace(client_addrs);
+        Ok(())
+    }
+
+    async fn reconfigure(
+        self,
+        _: context::Context,
+        members: Vec<u64>,
+    ) -> Result<u64, ServiceError> {
+        let members: Vec<NodeId> = members.into_iter().map(NodeId).collect();
+        match self.node.reconfigure(members).await {
+            Ok(slot) => Ok(slot),
+            // The caller must hear why, not a generic "busy".
+            Err(NodeError::InvalidMembership(reason)) => {
+                Err(ServiceError::Refused(KvError::Malformed { reason }))
+            }
+            Err(error) => Err(service_error(error, &self.client_addrs)),
+        }
+    }
 }
+
+/// Most replicas `set_peers` accepts (a group has 3 or 5; this bounds the
+/// request, not the design).
+const MAX_PEERS: usize = 64;
 
 impl ClientService {
     async fn write_inner(

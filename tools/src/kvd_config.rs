@@ -333,6 +333,7 @@ impl KvdConfig {
                     server: ShardKvServerConfig {
                         limits,
                         driver,
+                        genesis,
                         ..ShardKvServerConfig::new(
                             NodeId(self.node_id),
                             gid,
@@ -407,6 +408,10 @@ client_addr = "127.0.0.1:7412"
             (
                 format!("{GROUP}\n[limits]\nkey_bytes_max = 0\n"),
                 "key_bytes_max",
+            ),
+            (
+                GROUP.replace("gid = 1\n", "gid = 1\ngenesis_members = [1, 1]\n"),
+                "genesis_members",
             ),
         ];
         for (text, key) in cases {

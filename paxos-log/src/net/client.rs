@@ -110,6 +110,12 @@ impl TarpcTransport {
         }
     }
 
+    /// The peers it sends to now.
+    pub fn peers(&self) -> Vec<NodeId> {
+        let peers = self.peers.read().unwrap_or_else(PoisonError::into_inner);
+        peers.keys().copied().collect()
+    }
+
     /// What the transport has done so far.
     pub fn stats(&self) -> TransportStats {
         self.counters.snapshot()

@@ -143,7 +143,7 @@ pub fn init(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
 
 /// Writes `text` to `path` through a temporary file and a rename, so a
 /// crash leaves the old file or the new one, never half of one.
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(super) fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -178,7 +178,7 @@ pub fn running_pid(dir: &Path, node: &ClusterNode) -> Option<u32> {
 }
 
 /// The program `up` runs as `kvd`, and the name it runs under.
-fn kvd_program(flag: Option<&Path>) -> anyhow::Result<(PathBuf, bool)> {
+pub(super) fn kvd_program(flag: Option<&Path>) -> anyhow::Result<(PathBuf, bool)> {
     if let Some(path) = flag {
         return Ok((path.to_path_buf(), false));
     }
@@ -194,7 +194,7 @@ fn kvd_program(flag: Option<&Path>) -> anyhow::Result<(PathBuf, bool)> {
     Ok((me, true))
 }
 
-fn spawn(dir: &Path, node: &ClusterNode, program: &Path, as_kvd: bool) -> anyhow::Result<Child> {
+pub(super) fn spawn(dir: &Path, node: &ClusterNode, program: &Path, as_kvd: bool) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
     let node_dir = node_dir(dir, node);
     let config = node_dir.join(KVD_FILE);
@@ -368,7 +368,7 @@ async fn add_group(args: &AddGroupArgs, cluster_flag: Option<&Path>) -> anyhow::
 
 /// Waits until every started node's client port accepts connections;
 /// fails with the node's log if one exits first.
-async fn wait_listening(
+pub(super) async fn wait_listening(
     dir: &Path,
     started: &mut [(&ClusterNode, Child)],
     limit: Duration,
@@ -579,10 +579,7 @@ fn down(dir: &Path) -> anyhow::Result<Reply> {
     let deadline = Instant::now() + STOP_TIMEOUT;
     let mut killed = Vec::new();
     for (node, pid) in &stopping {
-        while running_pid(dir, node).is_some() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if running_pid(dir, node).is_some() {
+        if !wait_stopped(dir, node, deadline) {
             signal(*pid, "KILL")?;
             killed.push(node.name.clone());
         }
@@ -608,8 +605,19 @@ fn down(dir: &Path) -> anyhow::Result<Reply> {
     ))
 }
 
+/// Waits until `node` no longer runs, or `deadline`; whether it stopped.
+pub(super) fn wait_stopped(dir: &Path, node: &ClusterNode, deadline: Instant) -> bool {
+    while running_pid(dir, node).is_some() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
 /// Sends SIGNAL to `pid` with kill(1).
-fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+pub(super) fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     let status = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
