@@ -692,14 +692,18 @@ impl ShardKv for ClientService {
     ) -> Result<(), ServiceError> {
         let refuse = |reason: String| ServiceError::Refused(KvError::Malformed { reason });
         if peers.len() > MAX_PEERS {
-            return Err(refuse(format!("{} peers: at most {MAX_PEERS}", peers.len())));
+            return Err(refuse(format!(
+                "{} peers: at most {MAX_PEERS}",
+                peers.len()
+            )));
         }
         let mut peer_addrs = BTreeMap::new();
         let mut client_addrs = BTreeMap::new();
         for entry in &peers {
             let parse = |text: &str| {
-                text.parse::<SocketAddr>()
-                    .map_err(|e| refuse(format!("replica {}: address {text:?}: {e}", entry.node_id)))
+                text.parse::<SocketAddr>().map_err(|e| {
+                    refuse(format!("replica {}: address {text:?}: {e}", entry.node_id))
+                })
             };
             let id = NodeId(entry.node_id);
             peer_addrs.insert(id, parse(&entry.peer_addr)?);

@@ -39,16 +39,23 @@
 //!
 //! A clerk runs one operation at a time (`&mut`), so the gateway keeps a
 //! pool of at most [`GatewayOptions::clerks_max`] of them, each with its own
-//! client id; a request waits (bounded) for a free one, and at most
+//! client id; a request waits for a free one, and at most
 //! [`GatewayOptions::waiting_max`] requests wait at once: beyond that the
-//! answer is 503 at once. Each operation runs in its own task, so an HTTP
-//! client that hangs up does not cut a clerk's operation short and the
-//! clerk returns to the pool in a consistent state.
+//! answer is 503 at once. A waiting request that goes away (its client hung
+//! up) gives its waiting place back when its future is dropped.
+//!
+//! One time limit, [`GatewayOptions::request_timeout`], bounds the whole
+//! request: the wait for a clerk and the operation together. Each operation
+//! runs in its own task, so neither an HTTP client that hangs up nor the
+//! request's time limit cuts a clerk's operation short: the answer goes out
+//! at the limit (503 for a read, 504 for a write, which may still take
+//! effect), while the operation finishes within the clerk's own deadline and
+//! the clerk returns to the pool in a consistent state.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -61,9 +68,12 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use shardkv::limits::SCAN_ITEMS_CEILING;
 use shardkv::stats::ReplicaProbe;
-use shardkv::{Clerk, ClerkError, ClerkOptions, KvError, Limits, ReadOp, ReadReply};
+use shardkv::{Clerk, ClerkError, KvError, Limits, ReadOp, ReadReply};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+// The clock tokio's timers run on, as deadlines are handed to them.
+use tokio::time::Instant;
 
+use crate::client::{clerk_options, lossy};
 use crate::metrics::NodeMetrics;
 
 /// Path prefix of the single-key endpoints.
@@ -86,9 +96,9 @@ pub struct GatewayOptions {
     pub clerks_max: usize,
     /// Most requests waiting for a clerk; more are refused with 503.
     pub waiting_max: usize,
-    /// How long one operation may take, retries included (the clerk's
-    /// deadline), and also the longest wait for a free clerk. Must stay
-    /// below the groups' `request_max_age_ms`.
+    /// How long one request may take in all: the wait for a free clerk and
+    /// the operation, retries included (also each clerk's own deadline).
+    /// Must stay below the groups' `request_max_age_ms`.
     pub request_timeout: Duration,
 }
 
@@ -203,28 +213,7 @@ impl Gateway {
 
     /// Runs `request` on a pooled clerk.
     async fn run(&self, request: Request) -> Result<Answer, Failure> {
-        let mut pooled = self.pool.checkout(self.options.request_timeout).await?;
-        let task = tokio::spawn(async move {
-            let result = execute(pooled.clerk_mut(), request).await;
-            if matches!(
-                result,
-                Err(ClerkError::Refused(KvError::SessionExpired { .. }))
-            ) {
-                // The groups forgot this clerk's session: a new client id
-                // starts a new one.
-                pooled.discard();
-            }
-            result
-        });
-        match task.await {
-            Ok(result) => result.map_err(|err| Failure::from_clerk(&err)),
-            Err(cause) => Err(Failure::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "error",
-                format!("the operation's task failed: {cause}"),
-                true,
-            )),
-        }
+        self.pool.run(request).await
     }
 
     /// Records a finished request in the node's metrics and builds its
@@ -268,6 +257,38 @@ impl Gateway {
     }
 }
 
+/// Waits for an operation's task until `deadline`. Past it the task goes on
+/// alone (dropping the handle detaches it): its clerk finishes the
+/// operation within its own deadline and returns to the pool, while the
+/// client hears now that the outcome is unknown (a `write`) or that the
+/// read did not come back in time.
+async fn await_operation(
+    task: tokio::task::JoinHandle<Result<Answer, ClerkError>>,
+    deadline: Instant,
+    write: bool,
+    timeout: Duration,
+) -> Result<Answer, Failure> {
+    match tokio::time::timeout_at(deadline, task).await {
+        Ok(Ok(result)) => result.map_err(|err| Failure::from_clerk(&err)),
+        Ok(Err(cause)) => Err(Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "error",
+            format!("the operation's task failed: {cause}"),
+            true,
+        )),
+        Err(_elapsed) if write => Err(Failure::from_clerk(&ClerkError::Indeterminate(format!(
+            "no definite answer within the gateway's {} ms per request (waiting for a clerk \
+             included); the write may have taken effect",
+            timeout.as_millis()
+        )))),
+        Err(_elapsed) => Err(Failure::from_clerk(&ClerkError::Unavailable(format!(
+            "no answer within the gateway's {} ms per request (waiting for a clerk \
+             included); retry later",
+            timeout.as_millis()
+        )))),
+    }
+}
+
 /// One operation for a clerk.
 #[derive(Debug)]
 enum Request {
@@ -280,6 +301,14 @@ enum Request {
         limit: usize,
         bytes_max: usize,
     },
+}
+
+impl Request {
+    /// Whether the operation changes the store (so an unknown outcome is
+    /// indeterminate rather than merely unavailable).
+    fn is_write(&self) -> bool {
+        matches!(self, Request::Put(..) | Request::Delete(_))
+    }
 }
 
 /// What a clerk answered.
@@ -418,6 +447,11 @@ impl Failure {
         }
     }
 
+    /// 503: nothing happened because every clerk stayed busy.
+    fn busy(message: String) -> Failure {
+        Failure::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message, false)
+    }
+
     fn bad_request(message: String) -> Failure {
         Failure::new(StatusCode::BAD_REQUEST, "bad_request", message, false)
     }
@@ -463,12 +497,6 @@ impl IntoResponse for Failure {
         });
         (self.status, Json(body)).into_response()
     }
-}
-
-/// Text for a value or key that may not be UTF-8: invalid bytes become
-/// U+FFFD (as `kvctl -o json` shows them).
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 async fn get_key(State(gateway): State<Arc<Gateway>>, uri: Uri, headers: HeaderMap) -> Response {
@@ -595,14 +623,23 @@ async fn status(State(gateway): State<Arc<Gateway>>) -> Response {
         Ok(status) => status,
         Err(cause) => return internal_error(format!("the status task failed: {cause}")),
     };
-    let mut body = match serde_json::to_value(&status) {
+    let fields = match serde_json::to_value(&status) {
         Ok(Value::Object(fields)) => fields,
         Ok(other) => return internal_error(format!("status is not a JSON object: {other}")),
         Err(err) => return internal_error(format!("encoding the status: {err}")),
     };
+    Json(status_body(&gateway.name, fields)).into_response()
+}
+
+/// The `/status` body: `ok` first (the contract's `{"ok":...}` shape; the
+/// map keeps insertion order), then the node's name, then the replica's
+/// fields.
+fn status_body(name: &str, fields: serde_json::Map<String, Value>) -> Value {
+    let mut body = serde_json::Map::with_capacity(fields.len() + 2);
     body.insert("ok".to_string(), Value::Bool(true));
-    body.insert("name".to_string(), Value::String(gateway.name.clone()));
-    Json(Value::Object(body)).into_response()
+    body.insert("name".to_string(), Value::String(name.to_string()));
+    body.extend(fields);
+    Value::Object(body)
 }
 
 async fn unknown_path(uri: Uri) -> Response {
@@ -801,30 +838,60 @@ impl ClerkPool {
         }
     }
 
-    /// A clerk of its own for one operation, waiting at most `wait`.
-    async fn checkout(self: &Arc<Self>, wait: Duration) -> Result<PooledClerk, Failure> {
-        let busy =
-            |message: String| Failure::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message, false);
+    /// Runs `request` on a pooled clerk, answering within
+    /// the pool's `timeout` (the wait for the clerk included).
+    async fn run(self: &Arc<Self>, request: Request) -> Result<Answer, Failure> {
+        let timeout = self.timeout;
+        let deadline = Instant::now() + timeout;
+        let mut pooled = self.checkout(deadline).await?;
+        if Instant::now() >= deadline {
+            // The clerk came too late to try anything: nothing happened.
+            return Err(Failure::busy(format!(
+                "no free clerk within {} ms ({} operations in flight); retry later",
+                timeout.as_millis(),
+                self.clerks_max
+            )));
+        }
+        let write = request.is_write();
+        let task = tokio::spawn(async move {
+            let result = execute(pooled.clerk_mut(), request).await;
+            if matches!(
+                result,
+                Err(ClerkError::Refused(KvError::SessionExpired { .. }))
+            ) {
+                // The groups forgot this clerk's session: a new client id
+                // starts a new one.
+                pooled.discard();
+            }
+            result
+        });
+        await_operation(task, deadline, write, timeout).await
+    }
+
+    /// A clerk of its own for one operation, waiting for one until
+    /// `deadline` at most.
+    async fn checkout(self: &Arc<Self>, deadline: Instant) -> Result<PooledClerk, Failure> {
         let permit = match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.waiting_max {
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    return Err(busy(format!(
+                let Some(_waiting) = WaitingSlot::take(&self.waiting, self.waiting_max) else {
+                    return Err(Failure::busy(format!(
                         "the gateway is busy ({} operations in flight, {} waiting); retry later",
                         self.clerks_max, self.waiting_max
                     )));
-                }
+                };
+                // `_waiting` gives the place back however this ends,
+                // including the future being dropped here (client gone).
                 let acquired =
-                    tokio::time::timeout(wait, Arc::clone(&self.permits).acquire_owned()).await;
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    tokio::time::timeout_at(deadline, Arc::clone(&self.permits).acquire_owned())
+                        .await;
                 match acquired {
                     Ok(Ok(permit)) => permit,
                     // The semaphore is never closed; treat it as busy anyway.
                     Ok(Err(_)) | Err(_) => {
-                        return Err(busy(format!(
+                        return Err(Failure::busy(format!(
                             "no free clerk within {} ms ({} operations in flight); retry later",
-                            wait.as_millis(),
+                            self.timeout.as_millis(),
                             self.clerks_max
                         )))
                     }
@@ -845,13 +912,33 @@ impl ClerkPool {
     }
 
     fn new_clerk(&self) -> Clerk {
-        let options = ClerkOptions {
-            deadline: self.timeout,
-            // One attempt may not outlast the whole operation.
-            rpc_timeout: self.timeout.min(ClerkOptions::new(0).rpc_timeout),
-            ..ClerkOptions::new(controller::unique_client_id())
-        };
-        Clerk::new(self.controllers.clone(), options)
+        Clerk::new(self.controllers.clone(), clerk_options(self.timeout))
+    }
+}
+
+/// A place among the requests waiting for a clerk, given back on drop: a
+/// handler future dropped mid-wait (its client hung up) must not keep it,
+/// or enough hang-ups would leave every later request refused as busy.
+struct WaitingSlot<'a> {
+    waiting: &'a AtomicUsize,
+}
+
+impl<'a> WaitingSlot<'a> {
+    /// Takes a place if fewer than `waiting_max` are taken.
+    fn take(waiting: &'a AtomicUsize, waiting_max: usize) -> Option<WaitingSlot<'a>> {
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now < waiting_max).then_some(now + 1)
+            })
+            .ok()
+            .map(|_| WaitingSlot { waiting })
+    }
+}
+
+impl Drop for WaitingSlot<'_> {
+    fn drop(&mut self) {
+        let before = self.waiting.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "a waiting place given back twice");
     }
 }
 
@@ -1004,6 +1091,135 @@ mod tests {
             HeaderValue::from_static("application/json, Application/Octet-Stream;q=0.5"),
         );
         assert!(wants_raw(&headers));
+    }
+
+    /// A pool of one clerk with room for one waiting request, whose
+    /// controllers are never contacted (clerks connect lazily).
+    fn tiny_pool(timeout: Duration) -> Arc<ClerkPool> {
+        tiny_pool_at("127.0.0.1:9".parse().unwrap(), timeout)
+    }
+
+    /// A pool of one clerk whose controller is at `controller`.
+    fn tiny_pool_at(controller: SocketAddr, timeout: Duration) -> Arc<ClerkPool> {
+        let mut options = GatewayOptions::new(vec![controller], Limits::default());
+        options.clerks_max = 1;
+        options.waiting_max = 1;
+        options.request_timeout = timeout;
+        Arc::new(ClerkPool::new(&options))
+    }
+
+    #[tokio::test]
+    async fn a_dropped_waiting_request_gives_its_place_back() {
+        let pool = tiny_pool(Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let held = pool.checkout(deadline).await.unwrap();
+        // Several hang-ups in a row: each must give its place back, or the
+        // second would already be refused as busy (waiting_max is 1).
+        for round in 0..3 {
+            let mut waiting = Box::pin(pool.checkout(deadline));
+            assert!(
+                futures::poll!(waiting.as_mut()).is_pending(),
+                "round {round}: the only clerk is taken, so the request waits"
+            );
+            assert_eq!(pool.waiting.load(Ordering::Acquire), 1, "round {round}");
+            // A second waiter finds the waiting room full.
+            let refused = pool.checkout(deadline).await.err().unwrap();
+            assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(refused.message.contains("busy"), "{}", refused.message);
+            drop(waiting); // the client hung up
+            assert_eq!(pool.waiting.load(Ordering::Acquire), 0, "round {round}");
+        }
+        // A waiter that is served also gives its place back.
+        let mut waiting = Box::pin(pool.checkout(deadline));
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        drop(held);
+        let served = waiting.await.unwrap();
+        assert_eq!(pool.waiting.load(Ordering::Acquire), 0);
+        drop(served);
+        assert_eq!(pool.idle.lock().unwrap().len(), 1, "the clerk went back");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_waits_for_every_clerk_is_refused_as_busy() {
+        let pool = tiny_pool(Duration::from_millis(300));
+        let held = pool
+            .checkout(Instant::now() + Duration::from_secs(10))
+            .await
+            .unwrap();
+        let refused = pool.run(Request::Get(b"k".to_vec())).await.unwrap_err();
+        assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.outcome, "busy");
+        assert!(!refused.indeterminate);
+        assert_eq!(pool.waiting.load(Ordering::Acquire), 0);
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_clerk_counts_against_the_request_time_limit() {
+        // A controller that accepts connections and never answers: left
+        // alone, a clerk gives up after its own full deadline, with nothing
+        // sent to any group (503, not indeterminate).
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let timeout = Duration::from_millis(1500);
+        for (request, status, indeterminate) in [
+            (
+                Request::Put(b"k".to_vec(), b"v".to_vec()),
+                StatusCode::GATEWAY_TIMEOUT,
+                true,
+            ),
+            (
+                Request::Get(b"k".to_vec()),
+                StatusCode::SERVICE_UNAVAILABLE,
+                false,
+            ),
+        ] {
+            let pool = tiny_pool_at(silent.local_addr().unwrap(), timeout);
+            let held = pool
+                .checkout(Instant::now() + Duration::from_secs(10))
+                .await
+                .unwrap();
+            // The only clerk comes free a third into the request's time:
+            // the operation gets the two thirds left, so the gateway answers
+            // at the request's deadline, before the clerk's own deadline
+            // (a full `timeout` after the operation began) could.
+            let release = tokio::spawn(async move {
+                tokio::time::sleep(timeout / 3).await;
+                drop(held);
+            });
+            let failure = pool.run(request).await.unwrap_err();
+            assert_eq!(failure.status, status, "{}", failure.message);
+            assert_eq!(failure.indeterminate, indeterminate);
+            assert!(
+                failure
+                    .message
+                    .contains("the gateway's 1500 ms per request"),
+                "{}",
+                failure.message
+            );
+            release.await.unwrap();
+            // The operation was not cut short: it ends by its own deadline
+            // and its clerk goes back to the pool.
+            let back = async {
+                while pool.idle.lock().unwrap().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(20), back)
+                .await
+                .expect("the clerk returned to the pool");
+        }
+    }
+
+    #[test]
+    fn status_bodies_start_with_ok() {
+        let mut fields = serde_json::Map::new();
+        fields.insert("gid".to_string(), json!(1));
+        fields.insert("role".to_string(), json!("leader"));
+        let body = serde_json::to_string(&status_body("g1-n1", fields)).unwrap();
+        assert_eq!(
+            body,
+            r#"{"ok":true,"name":"g1-n1","gid":1,"role":"leader"}"#
+        );
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! * [`kvd_config`]: `kvd.toml`, parsed, validated (every mistake named with
 //!   its key and fix) and turned into a controller or group replica's
 //!   server configuration.
+//! * [`client`]: clerk options and value display shared by `kvctl` and the
+//!   HTTP gateway.
 //! * [`cluster_file`]: `cluster.toml`, every node of a local cluster, and
 //!   the `kvd.toml` of each.
 //! * [`data_dir`]: the lock that keeps two processes off one data
@@ -19,6 +21,7 @@
 //! * [`node`] and [`kvctl`]: the bodies of the two binaries (kept here so
 //!   `kvctl` can also run as `kvd`, and tests can reach them).
 
+pub mod client;
 pub mod cluster_file;
 pub mod data_dir;
 pub mod http_gateway;

@@ -12,6 +12,10 @@
 //! (everything acknowledged is on disk), the store flushed. SIGKILL loses
 //! nothing acknowledged either; that is what the WAL is for. Logs go to
 //! stderr, filtered by `RUST_LOG` (default `info`).
+//!
+//! The signal handlers are installed before the node starts: a SIGTERM
+//! during a long start (WAL replay, opening the store) is held, not fatal,
+//! and stops the node cleanly as soon as it has started.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +30,7 @@ use anyhow::Context;
 use clap::Parser;
 use controller::ControllerServer;
 use shardkv::ShardKvServer;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -85,6 +90,9 @@ fn run(node: NodeConfig, name: String) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Before anything starts, so that a signal during the start is
+        // caught (and acted on once started) instead of killing the process.
+        let mut stop = StopSignals::listen()?;
         match node {
             NodeConfig::Controller(config) => {
                 let (id, addr) = (config.node_id, config.members[&config.node_id].client);
@@ -93,11 +101,11 @@ fn run(node: NodeConfig, name: String) -> anyhow::Result<()> {
                     .context("starting the controller replica")?;
                 info!(node = %id, %addr, "controller replica serving");
                 println!("ready");
-                wait_for_stop().await?;
+                stop.recv().await;
                 info!("stopping");
                 server.shutdown().await;
             }
-            NodeConfig::Group(node) => run_group(node, name).await?,
+            NodeConfig::Group(node) => run_group(node, name, stop).await?,
         }
         info!("stopped");
         Ok(())
@@ -111,9 +119,9 @@ const HTTP_DRAIN: Duration = Duration::from_secs(5);
 /// A group replica, and its HTTP gateway if it has an `http_addr`, until
 /// SIGTERM or SIGINT. The HTTP address is bound before anything starts (a
 /// taken port fails the start, naming the address); at the stop, HTTP stops
-/// first (requests in flight get [`HTTP_DRAIN`] to finish), then the
-/// replica.
-async fn run_group(node: GroupNode, name: String) -> anyhow::Result<()> {
+/// first (requests in flight get [`HTTP_DRAIN`] to finish, then are cut
+/// off), then the replica.
+async fn run_group(node: GroupNode, name: String, mut stop: StopSignals) -> anyhow::Result<()> {
     let (id, gid) = (node.server.node_id, node.server.gid);
     let http = match node.http_addr {
         Some(addr) => Some((addr, http_gateway::bind(addr).await?)),
@@ -149,32 +157,72 @@ async fn run_group(node: GroupNode, name: String) -> anyhow::Result<()> {
         gateway = Some((stop, task));
     }
     println!("ready");
-    wait_for_stop().await?;
+    stop.recv().await;
     info!("stopping");
-    if let Some((stop, task)) = gateway {
-        let _ = stop.send(());
-        match tokio::time::timeout(HTTP_DRAIN, task).await {
+    if let Some((stop_http, mut task)) = gateway {
+        let _ = stop_http.send(());
+        match tokio::time::timeout(HTTP_DRAIN, &mut task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(err))) => error!(%err, "HTTP gateway"),
             Ok(Err(cause)) => error!(%cause, "HTTP gateway task failed"),
-            Err(_) => warn!(
-                drain_ms = HTTP_DRAIN.as_millis(),
-                "HTTP requests still in flight; stopping without them"
-            ),
+            Err(_) => {
+                warn!(
+                    drain_ms = HTTP_DRAIN.as_millis(),
+                    "HTTP requests still in flight; stopping without them"
+                );
+                // Dropping the handle would leave the server running on
+                // the runtime, connections and all, while the replica stops.
+                task.abort();
+            }
         }
     }
     server.shutdown().await;
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn wait_for_stop() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from [`StopSignals::listen`] on: a signal
+/// that arrives before [`StopSignals::recv`] is called is kept for it.
+struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers (the default action, death, no longer
+    /// applies). Needs the runtime.
+    fn listen() -> anyhow::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
     }
-    Ok(())
+
+    /// Resolves on SIGTERM or SIGINT, at once if one came since `listen`.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_signal_during_the_start_stops_the_node_once_started() {
+        let mut stop = StopSignals::listen().unwrap();
+        // SIGTERM to this very process while "starting": caught, not fatal.
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        tokio::task::yield_now().await;
+        // Waiting only now still sees it (bounded, in case it was lost).
+        tokio::time::timeout(Duration::from_secs(20), stop.recv())
+            .await
+            .expect("the SIGTERM sent before waiting was kept");
+    }
 }

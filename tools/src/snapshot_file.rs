@@ -21,18 +21,23 @@
 //! `storage::snapshot`, through the same [`storage::Fs`] interface), so a
 //! file under its final name is always complete. [`SnapshotFileReader`]
 //! streams them back, checking every frame and the file's structure as it
-//! goes; neither ever holds more than one record in memory, and a record
+//! goes (no shard id twice, no two shard ranges overlapping, so no key is
+//! in a file twice; items in order inside their shard's range); neither ever holds more than one record in memory, and a record
 //! length above [`RECORD_BYTES_MAX`] is refused before anything is
 //! allocated for it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, BufReader, Read};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 use storage::{FsFile, FsRef};
+
+use crate::client::lossy;
 
 /// First 8 bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"KVSNAPv1";
@@ -164,6 +169,29 @@ impl SnapshotFileError {
 
 type Result<T> = std::result::Result<T, SnapshotFileError>;
 
+/// The error for an I/O failure while doing `action` on `path`, for
+/// `map_err`. Borrows `path` (not the reader or writer holding it), so it
+/// can be used while another field of theirs is borrowed mutably.
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> SnapshotFileError + 'a {
+    move |source| SnapshotFileError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before
+/// it): what [`Header::created_ms`] holds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// The bincode dialect of record payloads: fixed-width little-endian
 /// integers, no trailing bytes, and (reading) no more bytes than the
 /// payload holds.
@@ -218,9 +246,12 @@ pub struct ShardMark {
     hasher: crc32fast::Hasher,
     records: u64,
     totals: Summary,
+    /// Shards the file held before this one.
+    shards_before: usize,
 }
 
-/// The shard being written.
+/// The shard being written or read: the rules for its items, and what
+/// they added up to.
 #[derive(Debug)]
 struct OpenShard {
     start: Vec<u8>,
@@ -228,6 +259,121 @@ struct OpenShard {
     last_key: Option<Vec<u8>>,
     items: u64,
     bytes: u64,
+}
+
+impl OpenShard {
+    fn new(start: &[u8], end: Option<&[u8]>) -> OpenShard {
+        OpenShard {
+            start: start.to_vec(),
+            end: end.map(<[u8]>::to_vec),
+            last_key: None,
+            items: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Whether `key` may come next: inside the shard's range and above
+    /// the previous item's key (so no key appears twice in a shard).
+    fn admits(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice()
+            && self.end.as_deref().is_none_or(|end| key < end)
+            && self.last_key.as_deref().is_none_or(|last| key > last)
+    }
+
+    /// Counts an item [`admits`](Self::admits) accepted; its key and value
+    /// bytes.
+    fn add(&mut self, key: &[u8], value: &[u8]) -> u64 {
+        debug_assert!(self.admits(key), "an item the shard does not admit");
+        let bytes = len_u64(key.len()).saturating_add(len_u64(value.len()));
+        self.last_key = Some(key.to_vec());
+        self.items += 1;
+        self.bytes = self.bytes.saturating_add(bytes);
+        bytes
+    }
+}
+
+/// `["start", "end")` for messages (`end` when the range is open).
+fn range_text(start: &[u8], end: Option<&[u8]>) -> String {
+    match end {
+        Some(end) => format!("[{:?}, {:?})", lossy(start), lossy(end)),
+        None => format!("[{:?}, end)", lossy(start)),
+    }
+}
+
+/// The shards of a file so far. Each id may appear once and no two ranges
+/// may overlap: otherwise a key could be in the file twice, and the
+/// concurrent import would put its values in no fixed order.
+#[derive(Debug, Default)]
+struct ShardRanges {
+    /// Each shard's end and id, by its first key.
+    by_start: BTreeMap<Vec<u8>, (Option<Vec<u8>>, u64)>,
+    ids: BTreeSet<u64>,
+    /// Id and first key of each shard in file order, so the writer's
+    /// rewind can drop the latest.
+    order: Vec<(u64, Vec<u8>)>,
+}
+
+impl ShardRanges {
+    /// Adds shard `id` covering `[start, end)` (not empty); why not if its
+    /// id was seen or its range overlaps another shard's.
+    fn insert(
+        &mut self,
+        id: u64,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> std::result::Result<(), String> {
+        if self.ids.contains(&id) {
+            return Err(format!("shard {id} appears twice"));
+        }
+        let overlapping = |other_start: &[u8], other_end: Option<&[u8]>, other_id: u64| {
+            format!(
+                "shard {id} {} overlaps shard {other_id} {}",
+                range_text(start, end),
+                range_text(other_start, other_end)
+            )
+        };
+        // The shard starting at or before `start` overlaps unless it ends
+        // by `start`; the first one starting after it, unless it starts at
+        // or after `end`. Ranges are never empty, so no other can overlap.
+        if let Some((before_start, (before_end, before_id))) = self
+            .by_start
+            .range::<[u8], _>((Bound::Unbounded, Bound::Included(start)))
+            .next_back()
+        {
+            if before_end
+                .as_deref()
+                .is_none_or(|before_end| before_end > start)
+            {
+                return Err(overlapping(before_start, before_end.as_deref(), *before_id));
+            }
+        }
+        if let Some((after_start, (after_end, after_id))) = self
+            .by_start
+            .range::<[u8], _>((Bound::Excluded(start), Bound::Unbounded))
+            .next()
+        {
+            if end.is_none_or(|end| after_start.as_slice() < end) {
+                return Err(overlapping(after_start, after_end.as_deref(), *after_id));
+            }
+        }
+        self.by_start
+            .insert(start.to_vec(), (end.map(<[u8]>::to_vec), id));
+        self.ids.insert(id);
+        self.order.push((id, start.to_vec()));
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Forgets every shard but the first `len`.
+    fn truncate(&mut self, len: usize) {
+        for (id, start) in self.order.drain(len.min(self.order.len())..) {
+            self.by_start.remove(&start);
+            self.ids.remove(&id);
+        }
+    }
 }
 
 /// Writes a snapshot file. See the [module docs](self).
@@ -243,7 +389,11 @@ pub struct SnapshotFileWriter {
     hasher: crc32fast::Hasher,
     records: u64,
     shard: Option<OpenShard>,
+    ranges: ShardRanges,
     totals: Summary,
+    /// What [`Drop`] removes: the temporary file until `finish` succeeds
+    /// (`None` from then on), so no error path can leave a file behind.
+    remove_on_drop: Option<PathBuf>,
 }
 
 impl SnapshotFileWriter {
@@ -263,14 +413,11 @@ impl SnapshotFileWriter {
         let tmp_path = path.with_file_name(tmp_name);
         let file = fs
             .create(&tmp_path)
-            .map_err(|source| SnapshotFileError::Io {
-                action: "creating",
-                path: tmp_path.clone(),
-                source,
-            })?;
+            .map_err(io_error("creating", &tmp_path))?;
         let mut writer = SnapshotFileWriter {
             fs,
             file: Some(file),
+            remove_on_drop: Some(tmp_path.clone()),
             tmp_path,
             path: path.to_path_buf(),
             buffer: Vec::with_capacity(WRITE_BUFFER_BYTES),
@@ -278,6 +425,7 @@ impl SnapshotFileWriter {
             hasher: crc32fast::Hasher::new(),
             records: 0,
             shard: None,
+            ranges: ShardRanges::default(),
             totals: Summary {
                 num: header.num,
                 created_ms: header.created_ms,
@@ -309,15 +457,6 @@ impl SnapshotFileWriter {
         })
     }
 
-    fn io_error(&self, action: &'static str) -> impl FnOnce(io::Error) -> SnapshotFileError {
-        let path = self.tmp_path.clone();
-        move |source| SnapshotFileError::Io {
-            action,
-            path,
-            source,
-        }
-    }
-
     /// Appends `bytes` to the file (through the buffer) and the file crc.
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         self.hasher.update(bytes);
@@ -333,11 +472,11 @@ impl SnapshotFileWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let error = self.io_error("writing");
         let Some(file) = self.file.as_mut() else {
             return self.invalid("the file was already finished");
         };
-        file.write_all(&self.buffer).map_err(error)?;
+        file.write_all(&self.buffer)
+            .map_err(io_error("writing", &self.tmp_path))?;
         self.buffer.clear();
         Ok(())
     }
@@ -368,7 +507,9 @@ impl SnapshotFileWriter {
     ///
     /// # Errors
     ///
-    /// A shard is already open, or writing failed.
+    /// A shard is already open, its range is empty, its id was written
+    /// already or its range overlaps a written shard's (all of which the
+    /// reader calls damage), or writing failed.
     pub fn begin_shard(&mut self, id: u64, start: &[u8], end: Option<&[u8]>) -> Result<ShardMark> {
         if self.shard.is_some() {
             return self.invalid("a shard begins before the previous one ended");
@@ -381,19 +522,20 @@ impl SnapshotFileWriter {
             hasher: self.hasher.clone(),
             records: self.records,
             totals: self.totals,
+            shards_before: self.ranges.len(),
         };
-        self.record(&Entry::ShardBegin {
+        if let Err(what) = self.ranges.insert(id, start, end) {
+            return self.invalid(what);
+        }
+        if let Err(err) = self.record(&Entry::ShardBegin {
             id,
             start: start.to_vec(),
             end: end.map(<[u8]>::to_vec),
-        })?;
-        self.shard = Some(OpenShard {
-            start: start.to_vec(),
-            end: end.map(<[u8]>::to_vec),
-            last_key: None,
-            items: 0,
-            bytes: 0,
-        });
+        }) {
+            self.ranges.truncate(mark.shards_before);
+            return Err(err);
+        }
+        self.shard = Some(OpenShard::new(start, end));
         Ok(mark)
     }
 
@@ -408,27 +550,21 @@ impl SnapshotFileWriter {
         let Some(shard) = &self.shard else {
             return self.invalid("an item outside a shard");
         };
-        let in_range = key >= shard.start.as_slice()
-            && shard.end.as_deref().is_none_or(|end| key < end)
-            && shard.last_key.as_deref().is_none_or(|last| key > last);
-        if !in_range {
+        if !shard.admits(key) {
             return self.invalid(format!(
                 "key {:?} is out of order or outside its shard",
-                String::from_utf8_lossy(key)
+                lossy(key)
             ));
         }
         self.record(&Entry::Item {
             key: key.to_vec(),
             value: value.to_vec(),
         })?;
-        let bytes = len_u64(key.len() + value.len());
         if let Some(shard) = self.shard.as_mut() {
-            shard.last_key = Some(key.to_vec());
-            shard.items += 1;
-            shard.bytes += bytes;
+            let bytes = shard.add(key, value);
+            self.totals.items += 1;
+            self.totals.bytes = self.totals.bytes.saturating_add(bytes);
         }
-        self.totals.items += 1;
-        self.totals.bytes += bytes;
         Ok(())
     }
 
@@ -457,15 +593,16 @@ impl SnapshotFileWriter {
     /// Writing or truncating failed.
     pub fn rewind(&mut self, mark: ShardMark) -> Result<()> {
         self.flush_buffer()?;
-        let error = self.io_error("truncating");
         let Some(file) = self.file.as_mut() else {
             return self.invalid("the file was already finished");
         };
-        file.truncate(mark.offset).map_err(error)?;
+        file.truncate(mark.offset)
+            .map_err(io_error("truncating", &self.tmp_path))?;
         self.offset = mark.offset;
         self.hasher = mark.hasher;
         self.records = mark.records;
         self.totals = mark.totals;
+        self.ranges.truncate(mark.shards_before);
         self.shard = None;
         Ok(())
     }
@@ -475,8 +612,10 @@ impl SnapshotFileWriter {
     ///
     /// # Errors
     ///
-    /// A shard is still open, or a write, fsync or rename failed (the
-    /// temporary file is then removed).
+    /// A shard is still open, or a write, fsync, rename or the directory's
+    /// fsync failed. The file is then removed: the temporary one, or, if
+    /// only the directory's fsync failed, the renamed one (its name might
+    /// not survive a crash), so an error always means no file was written.
     pub fn finish(mut self) -> Result<Summary> {
         if self.shard.is_some() {
             return self.invalid("the last shard was not ended");
@@ -488,27 +627,28 @@ impl SnapshotFileWriter {
         self.offset += 4;
         self.flush_buffer()?;
         let summary = self.summary();
-        let error = self.io_error("fsyncing");
+        // Every error below returns through `Drop`, which removes whatever
+        // `remove_on_drop` names.
         let Some(mut file) = self.file.take() else {
             return self.invalid("the file was already finished");
         };
-        let synced = file.sync_data().map_err(error);
+        let synced = file
+            .sync_data()
+            .map_err(io_error("fsyncing", &self.tmp_path));
         drop(file);
         synced?;
         self.fs
             .rename(&self.tmp_path, &self.path)
-            .map_err(self.io_error("renaming into place"))?;
+            .map_err(io_error("renaming into place", &self.tmp_path))?;
+        self.remove_on_drop = Some(self.path.clone());
         let dir = match self.path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
         };
         self.fs
             .sync_dir(&dir)
-            .map_err(|source| SnapshotFileError::Io {
-                action: "fsyncing the directory of",
-                path: self.path.clone(),
-                source,
-            })?;
+            .map_err(io_error("fsyncing the directory of", &self.path))?;
+        self.remove_on_drop = None;
         Ok(summary)
     }
 }
@@ -517,9 +657,11 @@ impl Drop for SnapshotFileWriter {
     /// An unfinished file is removed: only a complete file ever exists
     /// under the target name, and no temporary one is left behind.
     fn drop(&mut self) {
-        if let Some(file) = self.file.take() {
-            drop(file);
-            let _ = self.fs.remove_file(&self.tmp_path);
+        // Closed first: the file is removed by name.
+        drop(self.file.take());
+        if let Some(path) = self.remove_on_drop.take() {
+            // Best effort: there is no one left to tell of a failure.
+            let _ = self.fs.remove_file(&path);
         }
     }
 }
@@ -535,7 +677,7 @@ pub struct SnapshotFileReader<R: Read> {
     hasher: crc32fast::Hasher,
     records: u64,
     shard: Option<OpenShard>,
-    shard_ids: BTreeSet<u64>,
+    ranges: ShardRanges,
     totals: Summary,
     done: bool,
 }
@@ -547,11 +689,7 @@ impl SnapshotFileReader<BufReader<File>> {
     ///
     /// The file cannot be opened or its header is damaged.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|source| SnapshotFileError::Io {
-            action: "opening",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = File::open(path).map_err(io_error("opening", path))?;
         SnapshotFileReader::new(BufReader::with_capacity(1 << 16, file), path)
     }
 }
@@ -578,11 +716,7 @@ impl<R: Read> SnapshotFileReader<R> {
     /// Reading failed, or the header is not a valid version-1 header.
     pub fn new(mut input: R, path: &Path) -> Result<Self> {
         let mut bytes = [0u8; HEADER_BYTES];
-        let filled = read_full(&mut input, &mut bytes).map_err(|source| SnapshotFileError::Io {
-            action: "reading",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let filled = read_full(&mut input, &mut bytes).map_err(io_error("reading", path))?;
         let damaged = |offset: u64, what: String| SnapshotFileError::Damaged {
             path: path.to_path_buf(),
             offset,
@@ -638,7 +772,7 @@ impl<R: Read> SnapshotFileReader<R> {
             hasher,
             records: 0,
             shard: None,
-            shard_ids: BTreeSet::new(),
+            ranges: ShardRanges::default(),
             totals: Summary {
                 num: header.num,
                 created_ms: header.created_ms,
@@ -671,14 +805,15 @@ impl<R: Read> SnapshotFileReader<R> {
         })
     }
 
+    /// [`read_full`] from the input, with errors naming the file.
+    fn read_full(&mut self, buf: &mut [u8]) -> Result<usize> {
+        read_full(&mut self.input, buf).map_err(io_error("reading", &self.path))
+    }
+
     /// Fills `buf` from the input, hashing it; `what` names the part for
     /// the truncation message.
     fn read_exact(&mut self, buf: &mut [u8], at: u64, what: &str) -> Result<()> {
-        let filled = read_full(&mut self.input, buf).map_err(|source| SnapshotFileError::Io {
-            action: "reading",
-            path: self.path.clone(),
-            source,
-        })?;
+        let filled = self.read_full(buf)?;
         self.hasher.update(&buf[..filled]);
         self.offset += len_u64(filled);
         if filled < buf.len() {
@@ -707,13 +842,7 @@ impl<R: Read> SnapshotFileReader<R> {
         }
         let at = self.offset;
         let mut frame = [0u8; FRAME_HEADER_BYTES];
-        let filled = read_full(&mut self.input, &mut frame[..4]).map_err(|source| {
-            SnapshotFileError::Io {
-                action: "reading",
-                path: self.path.clone(),
-                source,
-            }
-        })?;
+        let filled = self.read_full(&mut frame[..4])?;
         if filled == 0 {
             return self.damaged(at, "the file ends without its trailer (truncated)");
         }
@@ -741,11 +870,7 @@ impl<R: Read> SnapshotFileReader<R> {
         (&mut self.input)
             .take(u64::from(len))
             .read_to_end(&mut payload)
-            .map_err(|source| SnapshotFileError::Io {
-                action: "reading",
-                path: self.path.clone(),
-                source,
-            })?;
+            .map_err(io_error("reading", &self.path))?;
         self.hasher.update(&payload);
         self.offset += len_u64(payload.len());
         if payload.len() < len as usize {
@@ -783,33 +908,21 @@ impl<R: Read> SnapshotFileReader<R> {
                 if end.as_ref().is_some_and(|end| end <= start) {
                     return self.damaged(at, format!("shard {id} has an empty range"));
                 }
-                if !self.shard_ids.insert(*id) {
-                    return self.damaged(at, format!("shard {id} appears twice"));
+                if let Err(what) = self.ranges.insert(*id, start, end.as_deref()) {
+                    return self.damaged(at, what);
                 }
-                self.shard = Some(OpenShard {
-                    start: start.clone(),
-                    end: end.clone(),
-                    last_key: None,
-                    items: 0,
-                    bytes: 0,
-                });
+                self.shard = Some(OpenShard::new(start, end.as_deref()));
             }
             Entry::Item { key, value } => {
                 let Some(shard) = self.shard.as_mut() else {
                     return self.damaged(at, "an item outside any shard");
                 };
-                let in_range = key.as_slice() >= shard.start.as_slice()
-                    && shard.end.as_ref().is_none_or(|end| key < end)
-                    && shard.last_key.as_ref().is_none_or(|last| key > last);
-                if !in_range {
+                if !shard.admits(key) {
                     return self.damaged(at, "an item out of key order or outside its shard");
                 }
-                let bytes = len_u64(key.len() + value.len());
-                shard.last_key = Some(key.clone());
-                shard.items += 1;
-                shard.bytes += bytes;
+                let bytes = shard.add(key, value);
                 self.totals.items += 1;
-                self.totals.bytes += bytes;
+                self.totals.bytes = self.totals.bytes.saturating_add(bytes);
             }
             Entry::ShardEnd { items, bytes } => {
                 let Some(shard) = self.shard.take() else {
@@ -837,12 +950,7 @@ impl<R: Read> SnapshotFileReader<R> {
         self.read_exact(&mut count, at, "the trailer")?;
         let expected_crc = self.hasher.clone().finalize();
         let mut crc = [0u8; 4];
-        let filled =
-            read_full(&mut self.input, &mut crc).map_err(|source| SnapshotFileError::Io {
-                action: "reading",
-                path: self.path.clone(),
-                source,
-            })?;
+        let filled = self.read_full(&mut crc)?;
         self.offset += len_u64(filled);
         if filled < crc.len() {
             return self.damaged(at, "the file ends inside its trailer (truncated)");
@@ -867,12 +975,7 @@ impl<R: Read> SnapshotFileReader<R> {
             return self.damaged(at, "the file ends inside a shard");
         }
         let mut extra = [0u8; 1];
-        let filled =
-            read_full(&mut self.input, &mut extra).map_err(|source| SnapshotFileError::Io {
-                action: "reading",
-                path: self.path.clone(),
-                source,
-            })?;
+        let filled = self.read_full(&mut extra)?;
         if filled > 0 {
             return self.damaged(self.offset, "bytes follow the trailer");
         }
@@ -1138,6 +1241,233 @@ mod tests {
         // An unfinished writer leaves no file behind.
         drop(writer);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A file of `entries` with valid checksums and trailer, whatever its
+    /// structure: what a crafted or buggy writer could produce.
+    fn craft(entries: &[Entry]) -> Vec<u8> {
+        let mut file = encode_header(&Header {
+            num: 1,
+            created_ms: 0,
+        })
+        .to_vec();
+        for entry in entries {
+            let payload = payload_options(u64::MAX).serialize(entry).unwrap();
+            let len = u32::try_from(payload.len()).unwrap();
+            file.extend_from_slice(&len.to_le_bytes());
+            file.extend_from_slice(&frame_crc(len, &payload).to_le_bytes());
+            file.extend_from_slice(&payload);
+        }
+        file.extend_from_slice(&TRAILER_MARK.to_le_bytes());
+        file.extend_from_slice(&len_u64(entries.len()).to_le_bytes());
+        let crc = crc32fast::hash(&file);
+        file.extend_from_slice(&crc.to_le_bytes());
+        file
+    }
+
+    /// An empty shard's two entries.
+    fn shard(id: u64, start: &str, end: Option<&str>) -> [Entry; 2] {
+        [
+            Entry::ShardBegin {
+                id,
+                start: start.as_bytes().to_vec(),
+                end: end.map(|end| end.as_bytes().to_vec()),
+            },
+            Entry::ShardEnd { items: 0, bytes: 0 },
+        ]
+    }
+
+    #[test]
+    fn overlapping_shard_ranges_are_damage_naming_the_offset_and_both_ids() {
+        // Disjoint and touching ranges, in any order, are fine.
+        let fine: Vec<Entry> = [
+            shard(5, "m", None),
+            shard(1, "", Some("c")),
+            shard(2, "c", Some("m")),
+        ]
+        .concat();
+        let (_, summary) = read_all(&craft(&fine)).unwrap();
+        assert_eq!(summary.shards, 3);
+        let cases = [
+            // Same start.
+            (shard(7, "a", Some("b")), shard(8, "a", Some("c"))),
+            // Starts inside an earlier one.
+            (shard(7, "a", Some("k")), shard(8, "c", Some("z"))),
+            // Inside an open-ended earlier one.
+            (shard(7, "k", None), shard(8, "x", Some("y"))),
+            // An earlier one starts inside it.
+            (shard(7, "k", Some("m")), shard(8, "a", Some("l"))),
+            // Open-ended, over a later-starting earlier one.
+            (shard(7, "k", Some("m")), shard(8, "b", None)),
+            // Covers an earlier one.
+            (shard(7, "k", Some("m")), shard(8, "", None)),
+        ];
+        for (first, second) in cases {
+            let entries = [first, second].concat();
+            let file = craft(&entries);
+            let err = read_all(&file).unwrap_err();
+            // The second shard's begin: after the header and two records.
+            let records: usize = entries[..2]
+                .iter()
+                .map(|entry| {
+                    FRAME_HEADER_BYTES + payload_options(u64::MAX).serialize(entry).unwrap().len()
+                })
+                .sum();
+            assert_eq!(err.offset(), Some(len_u64(HEADER_BYTES + records)), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("shard 8") && text.contains("shard 7") && text.contains("overlaps"),
+                "{text}"
+            );
+        }
+        // A repeated id is still named as such.
+        let twice = [shard(4, "a", Some("b")), shard(4, "c", Some("d"))].concat();
+        let err = read_all(&craft(&twice)).unwrap_err();
+        assert!(err.to_string().contains("shard 4 appears twice"), "{err}");
+    }
+
+    #[test]
+    fn the_writer_refuses_overlapping_shards_and_a_rewind_frees_a_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.kvs");
+        let header = Header {
+            num: 1,
+            created_ms: 0,
+        };
+        let mut writer = SnapshotFileWriter::create(RealFs::shared(), &path, header).unwrap();
+        writer.begin_shard(0, b"c", Some(b"m")).unwrap();
+        writer.end_shard().unwrap();
+        let err = writer.begin_shard(1, b"a", Some(b"d")).unwrap_err();
+        assert!(err.to_string().contains("overlaps shard 0"), "{err}");
+        assert!(writer.begin_shard(0, b"x", None).is_err(), "id 0 again");
+        // A rewound shard's id and range may be written again.
+        let mark = writer.begin_shard(2, b"m", None).unwrap();
+        writer.item(b"n", b"1").unwrap();
+        writer.rewind(mark).unwrap();
+        writer.begin_shard(2, b"m", None).unwrap();
+        writer.end_shard().unwrap();
+        let summary = writer.finish().unwrap();
+        assert_eq!(verify(&path).unwrap(), summary);
+        assert_eq!((summary.shards, summary.items), (2, 0));
+    }
+
+    /// Which step of [`FailingFs`] fails.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Fail {
+        SyncData,
+        Rename,
+        SyncDir,
+    }
+
+    /// The real filesystem, with one step of `finish` failing.
+    #[derive(Debug)]
+    struct FailingFs {
+        fail: Fail,
+    }
+
+    fn injected() -> io::Error {
+        io::Error::other("injected failure")
+    }
+
+    /// A real file whose `sync_data` fails when asked to.
+    #[derive(Debug)]
+    struct FailingFile {
+        inner: Box<dyn FsFile>,
+        fail_sync: bool,
+    }
+
+    impl Read for FailingFile {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.inner.read(buf)
+        }
+    }
+
+    impl FsFile for FailingFile {
+        fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+            self.inner.write_all(buf)
+        }
+        fn sync_data(&mut self) -> io::Result<()> {
+            if self.fail_sync {
+                return Err(injected());
+            }
+            self.inner.sync_data()
+        }
+        fn truncate(&mut self, len_bytes: u64) -> io::Result<()> {
+            self.inner.truncate(len_bytes)
+        }
+        fn len_bytes(&self) -> io::Result<u64> {
+            self.inner.len_bytes()
+        }
+    }
+
+    impl storage::Fs for FailingFs {
+        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+            RealFs.create_dir_all(path)
+        }
+        fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+            RealFs.list_dir(path)
+        }
+        fn create(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+            Ok(Box::new(FailingFile {
+                inner: RealFs.create(path)?,
+                fail_sync: self.fail == Fail::SyncData,
+            }))
+        }
+        fn open_append(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+            RealFs.open_append(path)
+        }
+        fn open_read(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+            RealFs.open_read(path)
+        }
+        fn remove_file(&self, path: &Path) -> io::Result<()> {
+            RealFs.remove_file(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            if self.fail == Fail::Rename {
+                return Err(injected());
+            }
+            RealFs.rename(from, to)
+        }
+        fn sync_dir(&self, path: &Path) -> io::Result<()> {
+            if self.fail == Fail::SyncDir {
+                return Err(injected());
+            }
+            RealFs.sync_dir(path)
+        }
+    }
+
+    #[test]
+    fn a_failed_finish_leaves_no_file_behind() {
+        for (fail, action) in [
+            (Fail::SyncData, "fsyncing"),
+            (Fail::Rename, "renaming into place"),
+            (Fail::SyncDir, "fsyncing the directory of"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f.kvs");
+            let fs: FsRef = std::sync::Arc::new(FailingFs { fail });
+            let header = Header {
+                num: 1,
+                created_ms: 0,
+            };
+            let mut writer = SnapshotFileWriter::create(fs, &path, header).unwrap();
+            writer.begin_shard(0, b"", None).unwrap();
+            writer.item(b"a", b"1").unwrap();
+            writer.end_shard().unwrap();
+            match writer.finish() {
+                Err(SnapshotFileError::Io {
+                    action: found,
+                    source,
+                    ..
+                }) => {
+                    assert_eq!(found, action, "{fail:?}");
+                    assert_eq!(source.to_string(), "injected failure");
+                }
+                other => panic!("{fail:?}: {other:?}"),
+            }
+            let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            assert!(names.is_empty(), "{fail:?} left {names:?}");
+        }
     }
 
     #[test]

@@ -556,6 +556,11 @@ async fn metrics_and_status_describe_each_replica_and_count_operations() {
         for (name, gid, addr) in &nodes {
             let response = get(*addr, "/status").await;
             assert_eq!(response.status, 200, "{}", response.text());
+            assert!(
+                response.text().starts_with(r#"{"ok":true,"#),
+                "the contract's shape puts ok first: {}",
+                response.text()
+            );
             let json = response.json();
             assert_eq!(json["ok"], true, "{json}");
             assert_eq!(json["name"], name.as_str(), "{json}");

@@ -54,6 +54,11 @@ fn a_default_cluster_serves_every_command_and_survives_down_and_up() {
             .as_bytes(),
         first.as_slice()
     );
+    // Values may start with '-'.
+    ok(&cluster.kvctl(&["put", "neg", "-1"]));
+    assert_eq!(ok(&cluster.kvctl(&["get", "neg"])), "-1\n");
+    assert_eq!(ok(&cluster.kvctl(&["cas", "neg", "-1", "--x"])), "OK\n");
+    ok(&cluster.kvctl(&["delete", "neg"]));
     ok(&cluster.kvctl(&["delete", "new"]));
     assert_eq!(cluster.kvctl(&["get", "new"]).status.code(), Some(3));
     // Keys on both groups (shard boundaries of 8 initial shards are spread
@@ -148,8 +153,10 @@ fn a_default_cluster_serves_every_command_and_survives_down_and_up() {
     ok(&run_kvctl(&["cluster", "up", &dir], None, None));
     assert_eq!(ok(&cluster.kvctl(&["get", "a"])), "13\n");
     assert_eq!(ok(&cluster.kvctl(&["get", "z"])), "vz\n");
-    // A second `up` starts nothing and says so.
-    let again = run_kvctl(&["-o", "json", "cluster", "up", &dir], None, None);
+    // A second `up` starts nothing and says so, however the directory is
+    // spelled.
+    let spelled = format!("{dir}/../cluster");
+    let again = run_kvctl(&["-o", "json", "cluster", "up", &spelled], None, None);
     let again = json_line(&ok(&again));
     assert_eq!(again["started"].as_array().unwrap().len(), 0);
 }
@@ -320,6 +327,16 @@ fn bad_input_gets_a_clear_error_and_the_right_exit_code() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
     }
 
+    // ... also with -o json: a JSON line.
+    let out = run_kvctl(&["-o", "json", "put", "k"], None, None);
+    assert_eq!(out.status.code(), Some(2));
+    let line = json_line(&stdout(&out));
+    assert_eq!(line["ok"], false);
+    assert_eq!(line["indeterminate"], false);
+    assert!(line["error"].as_str().unwrap().contains("VALUE"), "{line}");
+    // Help is not an error.
+    assert_eq!(run_kvctl(&["--help"], None, None).status.code(), Some(0));
+
     // Impossible shapes: exit 1 naming the flag.
     let dir = temp.path().join("c");
     let dir = dir.to_string_lossy();
@@ -357,6 +374,36 @@ fn bad_input_gets_a_clear_error_and_the_right_exit_code() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("down"), "{}", stdout(&out));
+    let args = ["--cluster", &file, "--timeout-ms", "500", "-o", "json"];
+    let out = run_kvctl(&[&args[..], &["cluster", "status"]].concat(), None, None);
+    assert_eq!(out.status.code(), Some(1));
+    let status = json_line(&stdout(&out));
+    assert_eq!(status["ok"], false);
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 9);
+    // A cluster file with another name is the one the commands use.
+    let named = temp.path().join("named/prod.toml");
+    let named = named.to_string_lossy();
+    let init = [
+        "--cluster",
+        &named,
+        "cluster",
+        "init",
+        "--base-port",
+        "21100",
+    ];
+    ok(&run_kvctl(&init, None, None));
+    assert!(temp.path().join("named/prod.toml").is_file());
+    assert!(!temp.path().join("named/cluster.toml").exists());
+    let status = [
+        "--cluster",
+        &named,
+        "--timeout-ms",
+        "500",
+        "cluster",
+        "status",
+    ];
+    let out = run_kvctl(&status, None, None);
+    assert!(stdout(&out).contains("g2-n3"), "{}", stdout(&out));
 }
 
 #[test]

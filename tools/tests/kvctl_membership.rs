@@ -70,7 +70,10 @@ fn a_group_gains_a_replica_loses_its_leader_and_restarts_from_its_files() {
         .map(|n| n["name"].as_str().unwrap().to_string())
         .expect("a leader");
     ok(&cluster.kvctl(&["admin", "remove-replica", "1", &leader]));
-    assert!(cluster.pid(&leader).is_none(), "the removed replica stopped");
+    assert!(
+        cluster.pid(&leader).is_none(),
+        "the removed replica stopped"
+    );
     let file = std::fs::read_to_string(&cluster.file).unwrap();
     assert!(!file.contains(&format!("name = \"{leader}\"")), "{file}");
     ok(&cluster.kvctl(&["put", "after-remove", "yes"]));

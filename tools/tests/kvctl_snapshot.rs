@@ -271,3 +271,79 @@ fn damaged_or_missing_files_import_nothing_and_an_interrupted_import_finishes_on
     assert!(text.starts_with("imported 20000 items"), "{text}");
     assert_eq!(full_scan(&target), expected);
 }
+
+/// Writes a file of `items` (keys rising) in one shard.
+fn write_items(path: &Path, items: &[(Vec<u8>, Vec<u8>)]) {
+    let mut writer = SnapshotFileWriter::create(
+        RealFs::shared(),
+        path,
+        Header {
+            num: 1,
+            created_ms: 0,
+        },
+    )
+    .unwrap();
+    writer.begin_shard(0, b"", None).unwrap();
+    for (key, value) in items {
+        writer.item(key, value).unwrap();
+    }
+    writer.end_shard().unwrap();
+    writer.finish().unwrap();
+}
+
+#[test]
+fn a_failed_import_says_how_far_it_got_and_whether_the_cluster_changed() {
+    let target = TestCluster::up(&SMALL);
+    let dir = tempfile::tempdir().unwrap();
+    // Above the group's default value_bytes_max (1 MiB): refused, so the
+    // failing put itself certainly did nothing.
+    let too_large = vec![b'x'; 2 << 20];
+
+    // Refused before anything was in: a definite failure.
+    let first = dir.path().join("first.kvs");
+    write_items(&first, &[(b"big".to_vec(), too_large.clone())]);
+    let failed = target.kvctl(&["-o", "json", "snapshot", "import", first.to_str().unwrap()]);
+    assert_eq!(failed.status.code(), Some(1));
+    let reply = json_line(&stdout(&failed));
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["indeterminate"], false, "{reply}");
+    assert_eq!(reply["items"], 0, "{reply}");
+    let error = reply["error"].as_str().unwrap();
+    assert!(error.contains("after 0 of 1 items"), "{error}");
+    assert!(
+        error.contains("put \"big\"") && error.contains("at most"),
+        "{error}"
+    );
+    assert!(error.contains("running the same import again"), "{error}");
+    assert_eq!(full_scan(&target), "");
+
+    // Refused after 500 items: every one before it was taken off the queue
+    // first, and each worker finishes its put, so exactly 500 are in and
+    // the reply must not claim the cluster is unchanged.
+    let mut items: Vec<(Vec<u8>, Vec<u8>)> = (0..500)
+        .map(|i| {
+            (
+                format!("key{i:06}").into_bytes(),
+                format!("value-{i}").into_bytes(),
+            )
+        })
+        .collect();
+    items.push((b"key000500".to_vec(), too_large));
+    let last = dir.path().join("last.kvs");
+    let last_arg = last.to_str().unwrap();
+    write_items(&last, &items);
+    let failed = target.kvctl(&["-o", "json", "snapshot", "import", last_arg]);
+    assert_eq!(failed.status.code(), Some(1));
+    let reply = json_line(&stdout(&failed));
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["indeterminate"], true, "{reply}");
+    assert_eq!(reply["items"], 500, "{reply}");
+    assert_eq!(full_scan(&target).lines().count(), 500);
+    let failed = target.kvctl(&["snapshot", "import", last_arg]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        stderr(&failed).contains("after 500 of 501 items were imported"),
+        "{}",
+        stderr(&failed)
+    );
+}

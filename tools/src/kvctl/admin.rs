@@ -111,20 +111,34 @@ async fn config(admin: &mut ControllerClerk, num: Option<u64>) -> anyhow::Result
     for (gid, addrs) in &config.groups {
         text.push_str(&format!("  {gid}: {}\n", addrs.join(" ")));
     }
-    text.push_str("shards:\n");
+    text.push_str(&shard_table(&config));
+    Ok(Reply::ok(text, config_json(&config)))
+}
+
+/// The shard map as a table: id, key range (`""` is the empty key,
+/// `(end)` the end of the key space), owner.
+pub fn shard_table(config: &Configuration) -> String {
+    let show = |key: &[u8]| {
+        if key.is_empty() {
+            "\"\"".to_string()
+        } else {
+            lossy(key)
+        }
+    };
+    let mut text = format!(
+        "{:>5}  {:<20} {:<20} {:>4}\n",
+        "SHARD", "START", "END", "GID"
+    );
     for shard in &config.shards {
         text.push_str(&format!(
-            "  {:>4}  [{:?}, {})  group {}\n",
+            "{:>5}  {:<20} {:<20} {:>4}\n",
             shard.id,
-            lossy(&shard.start),
-            shard
-                .end
-                .as_deref()
-                .map_or("end".to_string(), |e| format!("{:?}", lossy(e))),
-            shard.gid.map_or("-".to_string(), |g| g.to_string()),
+            show(&shard.start),
+            shard.end.as_deref().map_or("(end)".to_string(), show),
+            shard.gid.map_or("-".to_string(), |g| g.to_string())
         ));
     }
-    Ok(Reply::ok(text, config_json(&config)))
+    text
 }
 
 /// `admin config`'s JSON object (the contract's shape).

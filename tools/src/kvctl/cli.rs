@@ -121,13 +121,13 @@ pub struct InitArgs {
 /// The shape of a new cluster.
 #[derive(Debug, Clone, Args)]
 pub struct ShapeArgs {
-    /// Controller replicas (1, 3 or 5).
+    /// Controller replicas (1 to 7; 3 or 5 tolerate failures).
     #[arg(long, default_value_t = 3)]
     pub controllers: u32,
     /// Replica groups.
     #[arg(long, default_value_t = 2)]
     pub groups: u32,
-    /// Replicas per group (1, 3 or 5).
+    /// Replicas per group (1 to 7; 3 or 5 tolerate failures).
     #[arg(long, default_value_t = 3)]
     pub replicas: u32,
     /// Shards of the first configuration.
@@ -169,6 +169,7 @@ pub enum Op {
         /// The key.
         key: String,
         /// The value.
+        #[arg(allow_hyphen_values = true)]
         value: String,
     },
     /// Append VALUE to the value of KEY.
@@ -176,6 +177,7 @@ pub enum Op {
         /// The key.
         key: String,
         /// The value to append.
+        #[arg(allow_hyphen_values = true)]
         value: String,
     },
     /// Remove KEY.
@@ -190,7 +192,12 @@ pub enum Op {
         /// The key.
         key: String,
         /// EXPECTED NEW, or NEW alone with --absent.
-        #[arg(value_name = "EXPECTED NEW", num_args = 1..=2, required = true)]
+        #[arg(
+            value_name = "EXPECTED NEW",
+            num_args = 1..=2,
+            required = true,
+            allow_hyphen_values = true
+        )]
         values: Vec<String>,
         /// Swap only if KEY has no value.
         #[arg(long)]
@@ -202,6 +209,7 @@ pub enum Op {
         /// The key.
         key: String,
         /// The value hashed after the previous one.
+        #[arg(allow_hyphen_values = true)]
         value: String,
     },
     /// Print `KEY<TAB>VALUE` lines for keys in [START, END), in key order.

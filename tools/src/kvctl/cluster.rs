@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::fs::OpenOptions;
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,7 +32,7 @@ use serde_json::{json, Value};
 use shardkv::rpc::{context_within, ReplicaStatus};
 
 use super::cli::{AddGroupArgs, ClusterCommand, DirArg, ShapeArgs, UpArgs};
-use super::{Exit, Reply, CLUSTER_ENV, DEFAULT_DIR};
+use super::{Exit, Reply};
 use crate::cluster_file::{ClusterFile, ClusterNode, Shape, CLUSTER_FILE, KVD_FILE};
 use crate::kvd_config::Role;
 
@@ -55,23 +56,22 @@ pub async fn run(
 ) -> anyhow::Result<Reply> {
     match command {
         ClusterCommand::Init(args) => {
-            let dir = cluster_dir(&args.dir, cluster_flag)?;
-            let file = init(&dir, shape(&args.shape))?;
+            let at = locate(&args.dir, cluster_flag)?;
+            let file = init(&at, shape(&args.shape))?;
             let text = format!(
-                "initialized {} ({}): {} nodes; next: kvctl cluster up{}",
-                dir.display(),
-                CLUSTER_FILE,
+                "initialized {}: {} nodes; next: {} cluster up",
+                at.file.display(),
                 file.nodes.len(),
-                dir_hint(&dir)
+                at.kvctl()
             );
             Ok(Reply::ok(
                 text,
-                json!({"ok": true, "dir": dir, "nodes": file.nodes.len()}),
+                json!({"ok": true, "dir": at.dir, "nodes": file.nodes.len()}),
             ))
         }
         ClusterCommand::Up(args) => up(&args, cluster_flag, timeout).await,
-        ClusterCommand::Down(args) => down(&cluster_dir(&args, cluster_flag)?),
-        ClusterCommand::Status(args) => status(&cluster_dir(&args, cluster_flag)?).await,
+        ClusterCommand::Down(args) => down(&locate(&args, cluster_flag)?),
+        ClusterCommand::Status(args) => status(&locate(&args, cluster_flag)?).await,
         ClusterCommand::AddGroup(args) => add_group(&args, cluster_flag).await,
     }
 }
@@ -86,20 +86,54 @@ fn shape(args: &ShapeArgs) -> Shape {
     }
 }
 
-/// The cluster directory: the argument, else the directory of `--cluster
-/// FILE` or `$KV_CLUSTER`, else `./kv-data`; made absolute (nodes are
-/// started with absolute paths, so they do not depend on the caller's
-/// working directory).
-pub fn cluster_dir(arg: &DirArg, cluster_flag: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let dir = match (&arg.dir, cluster_flag) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(file)) => parent_of(file),
-        (None, None) => match std::env::var_os(CLUSTER_ENV) {
-            Some(file) if !file.is_empty() => parent_of(Path::new(&file)),
-            _ => PathBuf::from(DEFAULT_DIR),
-        },
+/// Where a cluster lives: its directory (the nodes' directories are in
+/// it) and its cluster file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The cluster directory, canonical (or absolute, before it exists).
+    pub dir: PathBuf,
+    /// The cluster file.
+    pub file: PathBuf,
+}
+
+impl Location {
+    /// How a person types `kvctl` to reach this cluster from here:
+    /// `--cluster FILE` unless it is the one found by default.
+    pub fn kvctl(&self) -> String {
+        let default = locate(&DirArg { dir: None }, None).ok();
+        if default.as_ref() == Some(self) {
+            "kvctl".to_string()
+        } else {
+            format!("kvctl --cluster {}", self.file.display())
+        }
+    }
+}
+
+/// The cluster: `DIR/cluster.toml` for a DIR argument, else `--cluster
+/// FILE`, else `$KV_CLUSTER`, else `./kv-data/cluster.toml`, the directory
+/// being the file's. The directory is made canonical: nodes are started
+/// with absolute paths (independent of the caller's working directory),
+/// and the same cluster reached by another spelling (`../kv-data`, a
+/// symlink) must be recognised as the same.
+pub fn locate(arg: &DirArg, cluster_flag: Option<&Path>) -> anyhow::Result<Location> {
+    let (dir, name) = match &arg.dir {
+        Some(dir) => (dir.clone(), CLUSTER_FILE.into()),
+        None => {
+            let file = super::cluster_file_path(cluster_flag);
+            let name = file
+                .file_name()
+                .map_or(CLUSTER_FILE.into(), ToOwned::to_owned);
+            (parent_of(&file), name)
+        }
     };
-    std::path::absolute(&dir).with_context(|| format!("resolving {}", dir.display()))
+    let dir = match std::fs::canonicalize(&dir) {
+        Ok(dir) => dir,
+        Err(_) => {
+            std::path::absolute(&dir).with_context(|| format!("resolving {}", dir.display()))?
+        }
+    };
+    let file = dir.join(name);
+    Ok(Location { dir, file })
 }
 
 fn parent_of(file: &Path) -> PathBuf {
@@ -109,21 +143,10 @@ fn parent_of(file: &Path) -> PathBuf {
     }
 }
 
-/// What a person must add to later commands to reach this cluster: nothing
-/// for the default directory.
-fn dir_hint(dir: &Path) -> String {
-    let default = std::path::absolute(DEFAULT_DIR).ok();
-    if default.as_deref() == Some(dir) && std::env::var_os(CLUSTER_ENV).is_none() {
-        String::new()
-    } else {
-        format!(" {}", dir.display())
-    }
-}
-
 /// Writes `dir/cluster.toml` and every node's `kvd.toml`; refuses a
 /// directory that already holds a cluster.
-pub fn init(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
-    let path = dir.join(CLUSTER_FILE);
+pub fn init(at: &Location, shape: Shape) -> anyhow::Result<ClusterFile> {
+    let (dir, path) = (&at.dir, &at.file);
     if path.exists() {
         bail!(
             "{} already exists: this directory holds a cluster (start it with `kvctl cluster \
@@ -137,20 +160,31 @@ pub fn init(dir: &Path, shape: Shape) -> anyhow::Result<ClusterFile> {
         write_atomically(&node_dir(dir, node).join(KVD_FILE), &file.kvd_toml(node))?;
     }
     // The cluster file last: its presence means the directory is complete.
-    write_atomically(&path, &file.to_toml())?;
+    write_atomically(path, &file.to_toml())?;
     Ok(file)
 }
 
-/// Writes `text` to `path` through a temporary file and a rename, so a
-/// crash leaves the old file or the new one, never half of one.
+/// Writes `text` to `path` through a temporary file, fsync, a rename and
+/// an fsync of the directory, so a crash leaves the old file or the new
+/// one, never half of one, and a finished write survives.
 pub(super) fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
+    use std::io::Write;
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let temp = path.with_extension("toml.tmp");
-    std::fs::write(&temp, text).with_context(|| format!("writing {}", temp.display()))?;
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    };
+    write().with_context(|| format!("writing {}", temp.display()))?;
     std::fs::rename(&temp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    std::fs::File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .with_context(|| format!("syncing {}", parent.display()))?;
     Ok(())
 }
 
@@ -168,13 +202,26 @@ pub fn running_pid(dir: &Path, node: &ClusterNode) -> Option<u32> {
         .parse()
         .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let config = node_dir.join(KVD_FILE);
-    let config = config.to_string_lossy();
-    let ours = cmdline
-        .split(|&b| b == 0)
-        .any(|arg| arg == config.as_bytes());
+    let config = std::fs::canonicalize(node_dir.join(KVD_FILE)).ok()?;
+    // Compared as files, not strings: `up` may have been run with another
+    // spelling of the directory.
+    let ours = cmdline.split(|&b| b == 0).any(|arg| {
+        let arg = Path::new(std::ffi::OsStr::from_bytes(arg));
+        arg.ends_with(KVD_FILE) && std::fs::canonicalize(arg).is_ok_and(|a| a == config)
+    });
     // A zombie (exited, not yet reaped) has an empty command line.
     ours.then_some(pid)
+}
+
+/// Whether the pid file of `node` names a live process that is not its
+/// kvd (pid reuse, or a tool we do not know): such a file is left alone.
+fn pid_file_names_a_stranger(dir: &Path, node: &ClusterNode) -> bool {
+    let pid = std::fs::read_to_string(node_dir(dir, node).join(PID_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok());
+    pid.is_some_and(|pid| {
+        Path::new(&format!("/proc/{pid}")).exists() && running_pid(dir, node).is_none()
+    })
 }
 
 /// The program `up` runs as `kvd`, and the name it runs under.
@@ -194,7 +241,12 @@ pub(super) fn kvd_program(flag: Option<&Path>) -> anyhow::Result<(PathBuf, bool)
     Ok((me, true))
 }
 
-pub(super) fn spawn(dir: &Path, node: &ClusterNode, program: &Path, as_kvd: bool) -> anyhow::Result<Child> {
+pub(super) fn spawn(
+    dir: &Path,
+    node: &ClusterNode,
+    program: &Path,
+    as_kvd: bool,
+) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
     let node_dir = node_dir(dir, node);
     let config = node_dir.join(KVD_FILE);
@@ -247,55 +299,50 @@ async fn up(
     cluster_flag: Option<&Path>,
     timeout: Duration,
 ) -> anyhow::Result<Reply> {
-    let dir = cluster_dir(&args.dir, cluster_flag)?;
-    let path = dir.join(CLUSTER_FILE);
-    let initialized = if path.exists() {
+    let at = locate(&args.dir, cluster_flag)?;
+    let dir = &at.dir;
+    // One budget for the whole wait: nodes listening, then shards served.
+    let deadline = Instant::now() + Duration::from_secs(args.wait_s.max(1));
+    let initialized = if at.file.exists() {
         false
     } else {
-        init(&dir, shape(&args.shape))?;
+        init(&at, shape(&args.shape))?;
         eprintln!("initialized {}", dir.display());
         true
     };
-    let file = ClusterFile::load(&path)?;
+    let file = ClusterFile::load(&at.file)?;
     let (program, as_kvd) = kvd_program(args.kvd.as_deref())?;
 
     let mut started: Vec<(&ClusterNode, Child)> = Vec::new();
     let mut already = Vec::new();
     for node in &file.nodes {
-        if let Some(pid) = running_pid(&dir, node) {
+        if let Some(pid) = running_pid(dir, node) {
             already.push(node.name.clone());
             eprintln!("{:<8} already running (pid {pid})", node.name);
             continue;
         }
-        let child = spawn(&dir, node, &program, as_kvd)?;
+        let child = spawn(dir, node, &program, as_kvd)?;
         eprintln!("{:<8} started (pid {})", node.name, child.id());
         started.push((node, child));
     }
-    wait_listening(&dir, &mut started, Duration::from_secs(args.wait_s.max(1))).await?;
+    wait_listening(dir, &mut started, deadline).await?;
 
-    let deadline = Instant::now() + Duration::from_secs(args.wait_s.max(1));
     let mut admin = admin_clerk(&file, timeout);
-    let config = join_missing(&file, &mut admin).await?;
+    let config = match join_if_fresh(&file, &mut admin).await? {
+        Ok(config) => config,
+        Err(reply) => return Ok(reply),
+    };
     let config = wait_served(&file, &mut admin, config.num, deadline).await?;
     let served = config.shards.len();
-    let hint = dir_hint(&dir);
-    let mut text = format!(
+    let k = at.kvctl();
+    let text = format!(
         "cluster up: {} controllers, {} groups, {served} shards served (configuration {}); \
-         logs in {}/NODE/{LOG_FILE}\n",
+         logs in {}/NODE/{LOG_FILE}\nnext:\n  {k} put a 1\n  {k} get a\n  {k} cluster \
+         status\n  {k} cluster down",
         file.controllers().count(),
         file.groups().len(),
         config.num,
         dir.display(),
-    );
-    let cluster_opt = if hint.is_empty() {
-        String::new()
-    } else {
-        format!(" --cluster {}", path.display())
-    };
-    let _ = write!(
-        text,
-        "next:\n  kvctl{cluster_opt} put a 1\n  kvctl{cluster_opt} get a\n  kvctl cluster \
-         status{hint}\n  kvctl cluster down{hint}"
     );
     let started_names: Vec<&str> = started.iter().map(|(n, _)| n.name.as_str()).collect();
     Ok(Reply::ok(
@@ -313,8 +360,8 @@ async fn up(
 }
 
 async fn add_group(args: &AddGroupArgs, cluster_flag: Option<&Path>) -> anyhow::Result<Reply> {
-    let dir = cluster_dir(&args.dir, cluster_flag)?;
-    let path = dir.join(CLUSTER_FILE);
+    let at = locate(&args.dir, cluster_flag)?;
+    let (dir, path) = (at.dir, at.file);
     let mut file = ClusterFile::load(&path)?;
     let replicas = match args.replicas {
         Some(replicas) => replicas,
@@ -355,7 +402,7 @@ async fn add_group(args: &AddGroupArgs, cluster_flag: Option<&Path>) -> anyhow::
         eprintln!("{:<8} started (pid {})", node.name, child.id());
         started.push((node, child));
     }
-    wait_listening(&dir, &mut started, Duration::from_secs(30)).await?;
+    wait_listening(&dir, &mut started, Instant::now() + Duration::from_secs(30)).await?;
     let names: Vec<&str> = new.iter().map(|n| n.name.as_str()).collect();
     Ok(Reply::ok(
         format!(
@@ -371,9 +418,8 @@ async fn add_group(args: &AddGroupArgs, cluster_flag: Option<&Path>) -> anyhow::
 pub(super) async fn wait_listening(
     dir: &Path,
     started: &mut [(&ClusterNode, Child)],
-    limit: Duration,
+    deadline: Instant,
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
     let mut waiting: BTreeSet<usize> = (0..started.len()).collect();
     while !waiting.is_empty() {
         for index in waiting.clone() {
@@ -398,7 +444,7 @@ pub(super) async fn wait_listening(
                 .iter()
                 .map(|&i| started[i].0.name.as_str())
                 .collect();
-            bail!("nodes {names:?} did not start listening within {limit:?}; see their {LOG_FILE}");
+            bail!("nodes {names:?} did not start listening in time; see their {LOG_FILE}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -419,20 +465,21 @@ pub fn group_addresses(nodes: &[&ClusterNode]) -> Vec<String> {
     nodes.iter().map(|n| n.client_addr.to_string()).collect()
 }
 
-/// On a fresh cluster (no group has joined yet), joins every group of
-/// the file; the latest configuration after that. Later, which groups
-/// serve is the admin's call (`admin join|leave`): `up` never undoes a
-/// leave.
-async fn join_missing(
+/// On a fresh cluster (configuration 0: no change was ever made), joins
+/// every group of the file; the latest configuration after that. Later,
+/// which groups serve is the admin's call (`admin join|leave`): `up` never
+/// undoes a leave. A join that failed is the reply to print (`Err`), with
+/// whether it may have happened.
+async fn join_if_fresh(
     file: &ClusterFile,
     admin: &mut ControllerClerk,
-) -> anyhow::Result<Configuration> {
+) -> anyhow::Result<Result<Configuration, Reply>> {
     let latest = admin
         .query(None)
         .await
         .context("asking the controller for the latest configuration")?;
-    if !latest.groups.is_empty() {
-        return Ok(latest);
+    if latest.num > 0 {
+        return Ok(Ok(latest));
     }
     let missing: BTreeMap<u64, Vec<String>> = file
         .groups()
@@ -440,18 +487,25 @@ async fn join_missing(
         .map(|(gid, nodes)| (gid, group_addresses(&nodes)))
         .collect();
     if missing.is_empty() {
-        return Ok(latest);
+        return Ok(Ok(latest));
     }
     let gids: Vec<u64> = missing.keys().copied().collect();
-    let num = admin
-        .join(missing)
-        .await
-        .with_context(|| format!("joining groups {gids:?}"))?;
+    let num = match admin.join(missing).await {
+        Ok(num) => num,
+        Err(err) => {
+            let mut reply = super::admin::admin_failure(&err);
+            let message = format!("joining groups {gids:?}: {err} (run `kvctl cluster up` again)");
+            reply.json["error"] = json!(message);
+            reply.note = Some(message);
+            return Ok(Err(reply));
+        }
+    };
     eprintln!("joined groups {gids:?} (configuration {num})");
-    admin
+    let config = admin
         .query(Some(num))
         .await
-        .context("reading back the configuration")
+        .context("reading back the configuration")?;
+    Ok(Ok(config))
 }
 
 /// Every shard of configuration `num` (or later) and who serves it: one
@@ -535,12 +589,17 @@ async fn group_statuses(file: &ClusterFile) -> Vec<(&ClusterNode, Result<Replica
     futures::future::join_all(calls).await
 }
 
-async fn group_status(addr: SocketAddr) -> Result<ReplicaStatus, String> {
-    let net = NetLimits {
+/// Connection limits for status calls: a down node must not hold up the
+/// table.
+fn status_net() -> NetLimits {
+    NetLimits {
         connect_timeout: STATUS_TIMEOUT,
         ..NetLimits::default()
-    };
-    let client = shardkv::rpc::connect(addr, &net)
+    }
+}
+
+async fn group_status(addr: SocketAddr) -> Result<ReplicaStatus, String> {
+    let client = shardkv::rpc::connect(addr, &status_net())
         .await
         .map_err(|e| format!("unreachable: {e}"))?;
     match client.status(context_within(STATUS_TIMEOUT)).await {
@@ -551,11 +610,7 @@ async fn group_status(addr: SocketAddr) -> Result<ReplicaStatus, String> {
 }
 
 async fn controller_status(addr: SocketAddr) -> Result<ControllerStatus, String> {
-    let net = NetLimits {
-        connect_timeout: STATUS_TIMEOUT,
-        ..NetLimits::default()
-    };
-    let client = controller::clerk::connect(addr, &net)
+    let client = controller::clerk::connect(addr, &status_net())
         .await
         .map_err(|e| format!("unreachable: {e}"))?;
     client
@@ -564,15 +619,21 @@ async fn controller_status(addr: SocketAddr) -> Result<ControllerStatus, String>
         .map_err(|e| format!("no answer: {e}"))
 }
 
-fn down(dir: &Path) -> anyhow::Result<Reply> {
-    let file = ClusterFile::load(&dir.join(CLUSTER_FILE))?;
+fn down(at: &Location) -> anyhow::Result<Reply> {
+    let dir = &at.dir;
+    let file = ClusterFile::load(&at.file)?;
     let mut stopping = Vec::new();
     for node in &file.nodes {
         if let Some(pid) = running_pid(dir, node) {
             signal(pid, "TERM")?;
             stopping.push((node, pid));
+        } else if pid_file_names_a_stranger(dir, node) {
+            eprintln!(
+                "{}: its {PID_FILE} names a live process that is not this node's kvd; left alone",
+                node.name
+            );
         } else {
-            // A stale pid file (the node died) is cleaned up too.
+            // A stale pid file (the node died) is cleaned up.
             let _ = std::fs::remove_file(node_dir(dir, node).join(PID_FILE));
         }
     }
@@ -631,8 +692,9 @@ pub(super) fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(dir: &Path) -> anyhow::Result<Reply> {
-    let file = ClusterFile::load(&dir.join(CLUSTER_FILE))?;
+async fn status(at: &Location) -> anyhow::Result<Reply> {
+    let dir = &at.dir;
+    let file = ClusterFile::load(&at.file)?;
     let controller_calls = file
         .controllers()
         .map(|node| async move { (node, controller_status(node.client_addr).await) });
@@ -719,21 +781,7 @@ async fn status(dir: &Path) -> anyhow::Result<Reply> {
     let config_json = match &config {
         Ok(config) => {
             let _ = writeln!(text, "\nconfiguration {}:", config.num);
-            let _ = writeln!(
-                text,
-                "{:>5}  {:<20} {:<20} {:>4}",
-                "SHARD", "START", "END", "GID"
-            );
-            for shard in &config.shards {
-                let _ = writeln!(
-                    text,
-                    "{:>5}  {:<20} {:<20} {:>4}",
-                    shard.id,
-                    show_key(&shard.start),
-                    shard.end.as_deref().map_or("(end)".to_string(), show_key),
-                    shard.gid.map_or("-".to_string(), |g| g.to_string())
-                );
-            }
+            text.push_str(&super::admin::shard_table(config));
             super::admin::config_json(config)
         }
         Err(e) => {
@@ -756,21 +804,16 @@ async fn status(dir: &Path) -> anyhow::Result<Reply> {
             );
         }
     }
-    let reply = Reply::ok(
+    let mut reply = Reply::ok(
         text,
         json!({"ok": true, "nodes": rows, "config": config_json, "migrations": migrations}),
     );
-    if config.is_err() {
-        return Ok(reply.with_exit(Exit::Error, "the controller did not answer"));
+    if let Err(e) = &config {
+        let message = format!("the controller did not answer: {e}");
+        reply.json["ok"] = json!(false);
+        reply.json["error"] = json!(message);
+        reply.json["indeterminate"] = json!(false);
+        return Ok(reply.with_exit(Exit::Error, message));
     }
     Ok(reply)
-}
-
-/// A key for a table: text as it is, empty as `""`.
-fn show_key(key: &[u8]) -> String {
-    if key.is_empty() {
-        "\"\"".to_string()
-    } else {
-        String::from_utf8_lossy(key).into_owned()
-    }
 }

@@ -28,12 +28,13 @@ use paxos_log::NetLimits;
 use serde_json::json;
 use shardkv::rpc::{context_within, PeerAddrs, ServiceError};
 
+use super::cli::DirArg;
 use super::cluster::{
-    admin_clerk, group_addresses, kvd_program, node_dir, running_pid, signal, spawn,
+    admin_clerk, group_addresses, kvd_program, locate, node_dir, running_pid, signal, spawn,
     wait_listening, wait_stopped, write_atomically, PID_FILE,
 };
 use super::Reply;
-use crate::cluster_file::{ClusterFile, ClusterNode, CLUSTER_FILE, KVD_FILE, PORTS_PER_NODE};
+use crate::cluster_file::{ClusterFile, ClusterNode, KVD_FILE, PORTS_PER_NODE};
 use crate::kvd_config::Role;
 
 /// How long one replica call may take.
@@ -47,7 +48,8 @@ pub async fn add_replica(
     name: &str,
     timeout: Duration,
 ) -> anyhow::Result<Reply> {
-    let dir = cluster_dir_of(path);
+    let at = locate(&DirArg { dir: None }, Some(path))?;
+    let dir = at.dir.clone();
     let mut file = file.clone();
     let group = group_nodes(&file, gid)?;
     let node = match file.node(name) {
@@ -86,16 +88,19 @@ pub async fn add_replica(
     };
     let members = group_nodes(&file, gid)?;
     for member in &members {
-        write_atomically(&node_dir(&dir, member).join(KVD_FILE), &file.kvd_toml(member))?;
+        write_atomically(
+            &node_dir(&dir, member).join(KVD_FILE),
+            &file.kvd_toml(member),
+        )?;
     }
-    write_atomically(&dir.join(CLUSTER_FILE), &file.to_toml())?;
+    write_atomically(&at.file, &file.to_toml())?;
     set_peers(&members, &members).await;
 
     if running_pid(&dir, &node).is_none() {
         let (program, as_kvd) = kvd_program(None)?;
         let child = spawn(&dir, &node, &program, as_kvd)?;
         let mut started = vec![(&node, child)];
-        wait_listening(&dir, &mut started, Duration::from_secs(30)).await?;
+        wait_listening(&dir, &mut started, Instant::now() + Duration::from_secs(30)).await?;
     }
     let ids: Vec<u64> = members.iter().map(|n| n.node_id).collect();
     let slot = reconfigure(&members, &ids, timeout).await?;
@@ -119,7 +124,8 @@ pub async fn remove_replica(
     name: &str,
     timeout: Duration,
 ) -> anyhow::Result<Reply> {
-    let dir = cluster_dir_of(path);
+    let at = locate(&DirArg { dir: None }, Some(path))?;
+    let dir = at.dir.clone();
     let mut file = file.clone();
     let group = group_nodes(&file, gid)?;
     let Some(node) = group.iter().find(|n| n.name == name).cloned() else {
@@ -145,9 +151,12 @@ pub async fn remove_replica(
     let _ = std::fs::remove_file(node_dir(&dir, &node).join(PID_FILE));
     file.nodes.retain(|n| n.name != name);
     for member in &remaining {
-        write_atomically(&node_dir(&dir, member).join(KVD_FILE), &file.kvd_toml(member))?;
+        write_atomically(
+            &node_dir(&dir, member).join(KVD_FILE),
+            &file.kvd_toml(member),
+        )?;
     }
-    write_atomically(&dir.join(CLUSTER_FILE), &file.to_toml())?;
+    write_atomically(&at.file, &file.to_toml())?;
     set_peers(&remaining, &remaining).await;
     Ok(Reply::ok(
         format!(
@@ -157,14 +166,6 @@ pub async fn remove_replica(
         ),
         json!({"ok": true, "gid": gid, "node": name, "members": ids, "slot": slot, "num": num}),
     ))
-}
-
-fn cluster_dir_of(path: &Path) -> std::path::PathBuf {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 fn group_nodes(file: &ClusterFile, gid: u64) -> anyhow::Result<Vec<ClusterNode>> {
@@ -202,10 +203,16 @@ async fn set_peers(targets: &[ClusterNode], members: &[ClusterNode]) {
     for target in targets {
         let Ok(client) = shardkv::rpc::connect(target.client_addr, &NetLimits::default()).await
         else {
-            eprintln!("{}: not running; it reads its peers from its kvd.toml", target.name);
+            eprintln!(
+                "{}: not running; it reads its peers from its kvd.toml",
+                target.name
+            );
             continue;
         };
-        if let Err(e) = client.set_peers(context_within(CALL_TIMEOUT), peers.clone()).await {
+        if let Err(e) = client
+            .set_peers(context_within(CALL_TIMEOUT), peers.clone())
+            .await
+        {
             eprintln!("{}: could not update its peers ({e})", target.name);
         }
     }
@@ -234,7 +241,9 @@ async fn reconfigure(nodes: &[ClusterNode], ids: &[u64], timeout: Duration) -> a
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    bail!("the membership change did not complete in time ({last}); re-run the command to finish it")
+    bail!(
+        "the membership change did not complete in time ({last}); re-run the command to finish it"
+    )
 }
 
 /// Gives the controller the group's client addresses.

@@ -7,8 +7,10 @@
 //! `anyhow` (a person reads them), while the library modules it drives
 //! ([`crate::cluster_file`], [`crate::wal_inspect`], ...) use typed errors.
 //!
-//! Modules: [`ops`] (client operations, also used by `shell`), [`shell`],
-//! [`admin`], [`cluster`] (init, up, down, status), [`wal`], [`snapshot`].
+//! Modules: [`cli`] (the clap definitions), [`ops`] (client operations,
+//! also used by `shell`), [`shell`], [`admin`], [`membership`]
+//! (add-replica, remove-replica), [`cluster`] (init, up, down, status,
+//! add-group), [`wal`], [`snapshot`].
 
 pub mod admin;
 pub mod cli;
@@ -126,15 +128,30 @@ impl Reply {
     }
 }
 
-/// Text for a value that may not be UTF-8 (JSON output): invalid bytes
-/// become U+FFFD.
-pub fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+pub use crate::client::lossy;
 
 /// Runs `kvctl` with this process's arguments; the process's exit code.
 pub fn kvctl_main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            use clap::error::ErrorKind;
+            let shown = matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if !shown && wants_json(std::env::args()) {
+                let reply = Reply::error(Exit::Usage, usage_message(&err), false);
+                let _ = reply.print(Format::Json);
+                return Exit::Usage.into();
+            }
+            // clap prints the message (or the help) and exits 2 (0 for
+            // help and version).
+            err.exit()
+        }
+    };
     let format = cli.output;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -162,6 +179,30 @@ pub fn kvctl_main() -> ExitCode {
         }
         Err(err) => print_failure(format, &err),
     }
+}
+
+/// Whether a command line that did not parse asked for JSON output (so
+/// its usage error is a JSON line too).
+fn wants_json(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    args.iter().enumerate().any(|(i, arg)| {
+        let next_is_json = args.get(i + 1).is_some_and(|next| next == "json");
+        ((arg == "-o" || arg == "--output") && next_is_json)
+            || matches!(arg.as_str(), "-ojson" | "-o=json" | "--output=json")
+    })
+}
+
+/// clap's message for a usage error on one line: what is wrong, without
+/// the usage and help hints that follow it.
+pub fn usage_message(err: &clap::Error) -> String {
+    let text = err.to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join(" ").trim_start_matches("error: ").to_string()
 }
 
 fn print_failure(format: Format, err: &anyhow::Error) -> ExitCode {

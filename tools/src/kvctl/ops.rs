@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use shardkv::{Clerk, ClerkError, ClerkOptions};
+use shardkv::{Clerk, ClerkError};
 
 use super::cli::Op;
 use super::{lossy, Exit, Reply};
@@ -16,13 +16,10 @@ use crate::cluster_file::ClusterFile;
 /// operations give up (reporting whether they may have happened) after
 /// `timeout`.
 pub fn clerk(file: &ClusterFile, timeout: Duration) -> Clerk {
-    let options = ClerkOptions {
-        deadline: timeout,
-        // One attempt may not outlast the whole operation.
-        rpc_timeout: timeout.min(ClerkOptions::new(0).rpc_timeout),
-        ..ClerkOptions::new(controller::unique_client_id())
-    };
-    Clerk::new(file.controller_addrs(), options)
+    Clerk::new(
+        file.controller_addrs(),
+        crate::client::clerk_options(timeout),
+    )
 }
 
 /// The reply for an operation that did not get a definite answer.

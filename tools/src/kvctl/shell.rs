@@ -47,19 +47,7 @@ pub fn parse_line(line: &str) -> Result<Option<Op>, String> {
         .ok_or_else(|| "unbalanced quotes or a trailing backslash".to_string())?;
     match Line::try_parse_from(words) {
         Ok(Line { op: LineOp::Op(op) }) => Ok(Some(op)),
-        Err(err) => {
-            // clap's message spans lines and ends with usage and help
-            // hints; keep what says what is wrong, on one line.
-            let text = err.to_string();
-            let words: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            let message = words.join(" ");
-            Err(message.trim_start_matches("error: ").to_string())
-        }
+        Err(err) => Err(super::usage_message(&err)),
     }
 }
 

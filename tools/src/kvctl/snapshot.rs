@@ -14,7 +14,9 @@
 //!   nothing), then puts every item, routed by key, through
 //!   [`IMPORT_TASKS`] clerks at once. Puts are idempotent, so an
 //!   interrupted import is finished by running it again. Keys the cluster
-//!   holds that the file does not are left alone.
+//!   holds that the file does not are left alone. A failed import says how
+//!   many items went in, and is `indeterminate` once any did (or the failed
+//!   put may have).
 //! * `verify` reads the whole file and prints what it holds, or exits 1
 //!   naming the byte offset of the damage.
 //!
@@ -26,21 +28,22 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use controller::Shard;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
-use shardkv::export::ExportBegin;
-use shardkv::Clerk;
+use shardkv::export::{ExportBegin, ExportChunk};
+use shardkv::{Clerk, ClerkError};
 use storage::RealFs;
 use tokio::sync::{mpsc, Mutex};
 
 use super::cli::{Format, SnapshotCommand};
-use super::{cluster, load_cluster, lossy, ops, Exit, Reply};
+use super::{cluster, load_cluster, ops, Exit, Reply};
+use crate::client::lossy;
 use crate::snapshot_file::{
-    self, Entry, Header, SnapshotFileError, SnapshotFileReader, SnapshotFileWriter, Summary,
+    self, now_ms, Entry, Header, SnapshotFileError, SnapshotFileReader, SnapshotFileWriter, Summary,
 };
 
 /// Clerks putting items at once during an import.
@@ -319,7 +322,8 @@ async fn copy_shard(
             .step(move |writer| writer.begin_shard(id, &start, end.as_deref()))
             .await?;
         let (position, length) = (bar.position(), bar.length().unwrap_or(0));
-        bar.set_length(length + image.items);
+        // `items` comes from the network: no overflow on a wild value.
+        bar.set_length(length.saturating_add(image.items));
         bar.set_message(format!("exporting shard {id}"));
         let mut after: Option<Vec<u8>> = None;
         let lost = loop {
@@ -330,7 +334,9 @@ async fn copy_shard(
                 Ok(chunk) => chunk,
                 Err(err) => break Some(err.to_string()),
             };
-            after = chunk.items.last().map(|(key, _)| key.clone());
+            if let Err(why) = advance_cursor(&mut after, &chunk) {
+                break Some(format!("replica {replica}: {why}"));
+            }
             let count = u64::try_from(chunk.items.len()).unwrap_or(u64::MAX);
             let items = chunk.items;
             task.step(move |writer| {
@@ -338,7 +344,8 @@ async fn copy_shard(
                     .iter()
                     .try_for_each(|(key, value)| writer.item(key, value))
             })
-            .await?;
+            .await
+            .with_context(|| format!("copying shard {id} from replica {replica}"))?;
             bar.inc(count);
             if chunk.done {
                 break None;
@@ -365,11 +372,25 @@ async fn copy_shard(
     )
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+/// Moves the export cursor `after` past `chunk`: to its last key. A chunk
+/// that is empty but not the last is a protocol error (asking again from
+/// the same cursor would get it again): the error says so, and the caller
+/// copies the shard again from a new image.
+fn advance_cursor(after: &mut Option<Vec<u8>>, chunk: &ExportChunk) -> Result<(), String> {
+    match chunk.items.last() {
+        Some((key, _)) => {
+            *after = Some(key.clone());
+            Ok(())
+        }
+        None if chunk.done => Ok(()),
+        None => Err(format!(
+            "an empty export chunk after {} that is not the image's last (a protocol error)",
+            after.as_deref().map_or_else(
+                || "the start".to_string(),
+                |key| format!("{:?}", lossy(key))
+            )
+        )),
+    }
 }
 
 /// What the import's workers share.
@@ -412,37 +433,54 @@ async fn import(
         let clerk = ops::clerk(&file, timeout);
         tasks.push(tokio::spawn(put_items(clerk, Arc::clone(&workers))));
     }
-    let mut first_error: Option<String> = None;
+    let mut first_failure: Option<PutFailure> = None;
     let mut imported = 0u64;
     for task in tasks {
         match task.await {
-            Ok((count, error)) => {
+            Ok((count, failure)) => {
                 imported += count;
-                if first_error.is_none() {
-                    first_error = error;
+                if first_failure.is_none() {
+                    first_failure = failure;
                 }
             }
             Err(cause) => {
-                first_error.get_or_insert_with(|| format!("an import task failed: {cause}"));
+                // Its count is lost, and it may have put items.
+                first_failure.get_or_insert_with(|| PutFailure {
+                    message: format!("an import task failed: {cause}"),
+                    indeterminate: true,
+                });
             }
         }
     }
-    let read = reader.await.context("the file reader task failed")?;
+    let read = reader.await;
     workers.bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    if let Some(error) = first_error {
-        bail!(
-            "the import stopped after {imported} of {} items: {error}. Puts are idempotent: run \
-             the same import again to finish it",
-            summary.items
+    let failure = match (first_failure, read) {
+        (Some(failure), _) => Some(failure),
+        (None, Ok(Ok(()))) => None,
+        (None, Ok(Err(err))) => Some(PutFailure {
+            message: format!("{err} (the file changed after it was verified?)"),
+            indeterminate: false,
+        }),
+        (None, Err(cause)) => Some(PutFailure {
+            message: format!("the file reader task failed: {cause}"),
+            indeterminate: false,
+        }),
+    };
+    if let Some(failure) = failure {
+        // Items already put stay put: the cluster holds part of the file,
+        // so the outcome is not "nothing happened" once any item is in (or
+        // the failing put itself may have been applied).
+        let indeterminate = imported > 0 || failure.indeterminate;
+        let message = format!(
+            "the import stopped after {imported} of {} items were imported: {}. Puts are \
+             idempotent: once the cause is fixed, running the same import again finishes it",
+            summary.items, failure.message
         );
-    }
-    if let Err(err) = read {
-        bail!(
-            "{err} (the file changed after it was verified?); {imported} of {} items were \
-             imported: run the import again from an intact file",
-            summary.items
-        );
+        let mut reply = Reply::error(Exit::Error, message, indeterminate);
+        reply.json["file"] = json!(path.display().to_string());
+        reply.json["items"] = json!(imported);
+        return Ok(reply);
     }
     #[allow(clippy::cast_precision_loss)] // a rate for people
     let per_s = imported as f64 / seconds.max(1e-3);
@@ -478,9 +516,25 @@ fn read_items(
     Ok(())
 }
 
+/// Why an import worker stopped early.
+struct PutFailure {
+    message: String,
+    /// The failed put may have taken effect.
+    indeterminate: bool,
+}
+
+impl PutFailure {
+    fn put(key: &[u8], err: &ClerkError) -> PutFailure {
+        PutFailure {
+            message: format!("put {:?}: {err}", lossy(key)),
+            indeterminate: err.is_indeterminate(),
+        }
+    }
+}
+
 /// One import worker: puts items from the queue until it is empty or a
-/// put fails. How many it put, and its error.
-async fn put_items(mut clerk: Clerk, workers: Arc<Workers>) -> (u64, Option<String>) {
+/// put fails. How many it put, and its failure.
+async fn put_items(mut clerk: Clerk, workers: Arc<Workers>) -> (u64, Option<PutFailure>) {
     let mut count = 0u64;
     loop {
         if workers.failed.load(Ordering::Relaxed) {
@@ -494,9 +548,45 @@ async fn put_items(mut clerk: Clerk, workers: Arc<Workers>) -> (u64, Option<Stri
             workers.failed.store(true, Ordering::Relaxed);
             // Closing the queue stops the reader.
             workers.queue.lock().await.close();
-            return (count, Some(format!("put {:?}: {err}", lossy(&key))));
+            return (count, Some(PutFailure::put(&key, &err)));
         }
         count += 1;
         workers.bar.inc(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(keys: &[&str], done: bool) -> ExportChunk {
+        ExportChunk {
+            items: keys
+                .iter()
+                .map(|key| (key.as_bytes().to_vec(), b"v".to_vec()))
+                .collect(),
+            done,
+        }
+    }
+
+    #[test]
+    fn the_cursor_moves_to_a_chunks_last_key_and_never_back() {
+        let mut after = None;
+        advance_cursor(&mut after, &chunk(&["a", "b"], false)).unwrap();
+        assert_eq!(after.as_deref(), Some(&b"b"[..]));
+        // The last chunk may be empty: the cursor stays.
+        advance_cursor(&mut after, &chunk(&[], true)).unwrap();
+        assert_eq!(after.as_deref(), Some(&b"b"[..]));
+        // An empty chunk that is not the last: a protocol error, cursor kept.
+        let err = advance_cursor(&mut after, &chunk(&[], false)).unwrap_err();
+        assert!(
+            err.contains("protocol error") && err.contains("\"b\""),
+            "{err}"
+        );
+        assert_eq!(after.as_deref(), Some(&b"b"[..]));
+        let mut start = None;
+        let err = advance_cursor(&mut start, &chunk(&[], false)).unwrap_err();
+        assert!(err.contains("the start"), "{err}");
+        assert_eq!(start, None);
     }
 }

@@ -80,15 +80,11 @@ fn verify(path: &Path) -> Reply {
                 source.describe(),
                 summary.counts_line()
             );
-            let mut json = summary.to_json();
-            if let Value::Object(object) = &mut json {
-                object.insert("ok".into(), json!(true));
-                object.insert("read".into(), json!(source.describe()));
-                object.insert(
-                    "wal_dir".into(),
-                    json!(source.wal_dir().display().to_string()),
-                );
-            }
+            let json = verify_json(
+                &source.describe(),
+                &source.wal_dir().display().to_string(),
+                summary.to_json(),
+            );
             let notes = summary.notes();
             let reply = Reply::ok(text, json);
             if notes.is_empty() {
@@ -102,6 +98,24 @@ fn verify(path: &Path) -> Reply {
         }
         Err(error) => failure(&error),
     }
+}
+
+/// The JSON of a good `verify`: `ok` first (the contract's `{"ok":...}`
+/// shape; maps keep insertion order), then the summary's fields, then what
+/// was read.
+fn verify_json(read: &str, wal_dir: &str, summary: Value) -> Value {
+    let mut object = serde_json::Map::new();
+    object.insert("ok".into(), json!(true));
+    match summary {
+        Value::Object(fields) => object.extend(fields),
+        // `WalSummary::to_json` builds an object; keep anything else whole.
+        other => {
+            object.insert("summary".into(), other);
+        }
+    }
+    object.insert("read".into(), json!(read));
+    object.insert("wal_dir".into(), json!(wal_dir));
+    Value::Object(object)
 }
 
 /// The stderr summary of a dump: what was read, counts, notes.
@@ -122,4 +136,20 @@ fn failure(error: &WalInspectError) -> Reply {
         object.insert("offset".into(), json!(offset));
     }
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_json_starts_with_ok() {
+        let summary = json!({"segments": 2, "records": 7});
+        let text =
+            serde_json::to_string(&verify_json("the WAL of g1-n1", "/d/wal", summary)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"ok":true,"segments":2,"records":7,"read":"the WAL of g1-n1","wal_dir":"/d/wal"}"#
+        );
+    }
 }
