@@ -65,6 +65,49 @@ pub enum Command {
     /// Export a running cluster's data to a file, import one, verify one.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Closed-loop load against the running cluster: N clients, each with
+    /// one operation in flight, for a duration; throughput and latency
+    /// percentiles.
+    Bench(BenchArgs),
+}
+
+/// `kvctl bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Concurrent clients (each its own clerk and session).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub clients: u32,
+    /// How long to measure, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    pub duration: f64,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keys: u64,
+    /// Bytes per value written.
+    #[arg(long, value_name = "B", default_value_t = 100)]
+    pub value_size: usize,
+    /// Operation mix, as weights: e.g. put=50,get=50 or
+    /// get=90,put=5,append=2,cas=2,scan=1.
+    #[arg(long, default_value = "put=50,get=50", value_parser = super::bench::Mix::parse)]
+    pub mix: super::bench::Mix,
+    /// How keys are chosen.
+    #[arg(long, value_enum, default_value_t = super::bench::KeyDistribution::Uniform)]
+    pub distribution: super::bench::KeyDistribution,
+    /// The zipfian exponent (with --distribution zipfian).
+    #[arg(long, default_value_t = 0.99)]
+    pub zipf_exponent: f64,
+    /// Items per scan.
+    #[arg(long, default_value_t = 10)]
+    pub scan_limit: usize,
+    /// Do not write every key once before measuring.
+    #[arg(long)]
+    pub no_preload: bool,
+    /// Seed of the clients' random choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// One JSON object at the end (the same as -o json).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `kvctl cluster ...`.

@@ -13,6 +13,7 @@
 //! add-group), [`wal`], [`snapshot`].
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod membership;
@@ -230,6 +231,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<Reply> {
             admin::run(command, &path, timeout).await
         }
         Command::Wal(command) => wal::run(command, cli.output).await,
+        Command::Bench(args) => {
+            let file = load_cluster(cli.cluster.as_deref())?;
+            let format = if args.json { Format::Json } else { cli.output };
+            bench::run(&file, &args, format, timeout).await
+        }
         Command::Snapshot(command) => {
             snapshot::run(command, cli.cluster.as_deref(), cli.output, timeout).await
         }
