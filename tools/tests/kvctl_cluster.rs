@@ -172,8 +172,45 @@ fn leader_of(cluster: &TestCluster, gid: u64) -> Option<String> {
         .and_then(|n| n["name"].as_str().map(str::to_string))
 }
 
+/// A replica of group `gid` that `cluster status` reports as a follower.
+fn follower_of(cluster: &TestCluster, gid: u64) -> Option<String> {
+    let output = cluster.kvctl(&["-o", "json", "cluster", "status"]);
+    let status = json_line(&stdout(&output));
+    status["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["gid"] == gid && n["state"] == "follower" && n["pid"].is_u64())
+        .and_then(|n| n["name"].as_str().map(str::to_string))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_leader_and_a_follower_under_load_loses_nothing_acknowledged() {
+    kill_a_leader_then_a_follower_under_load(Victim::Follower).await;
+}
+
+/// Known defect, kept as a reproduction for the fault-campaign work: kill
+/// the leader, restart it, and at once kill the first other live replica,
+/// which is often the leader elected meanwhile. About one run in three
+/// (under the load of the whole suite) the group then stops answering for
+/// 40 s and more: after the restarts two replicas both log themselves
+/// leader (ballots 3.1 and 4.3) and the one with the lower ballot never
+/// steps down. Run with `cargo nextest run -p tools --test kvctl_cluster
+/// --run-ignored all leader_churn`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known liveness defect under leader churn; see the doc comment"]
+async fn leader_churn_right_after_a_restart_keeps_the_group_available() {
+    kill_a_leader_then_a_follower_under_load(Victim::FirstOtherLive).await;
+}
+
+/// Which replica the second kill takes.
+enum Victim {
+    /// One that `cluster status` reports as a follower.
+    Follower,
+    /// The first live replica other than the first victim, whatever its role.
+    FirstOtherLive,
+}
+
+async fn kill_a_leader_then_a_follower_under_load(victim: Victim) {
     let cluster = TestCluster::up(&["--controllers", "1", "--groups", "1"]);
     let controllers = {
         let file = tools::cluster_file::ClusterFile::load(&cluster.file).unwrap();
@@ -212,14 +249,18 @@ async fn sigkill_of_a_leader_and_a_follower_under_load_loses_nothing_acknowledge
     let leader = leader_of(&cluster, 1).expect("group 1 has a leader");
     cluster.signal(&leader, "KILL");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let follower = ["g1-n1", "g1-n2", "g1-n3"]
-        .into_iter()
-        .find(|n| *n != leader && cluster.pid(n).is_some())
-        .unwrap();
     // Restart the old leader first, so a majority stays up when the
     // follower goes.
     ok(&cluster.kvctl(&["cluster", "up", &cluster.dir.to_string_lossy()]));
-    cluster.signal(follower, "KILL");
+    let second = match victim {
+        Victim::Follower => follower_of(&cluster, 1).expect("group 1 has a live follower"),
+        Victim::FirstOtherLive => ["g1-n1", "g1-n2", "g1-n3"]
+            .into_iter()
+            .find(|n| *n != leader && cluster.pid(n).is_some())
+            .expect("a live replica")
+            .to_string(),
+    };
+    cluster.signal(&second, "KILL");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     ok(&cluster.kvctl(&["cluster", "up", &cluster.dir.to_string_lossy()]));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -350,8 +391,11 @@ fn bad_input_gets_a_clear_error_and_the_right_exit_code() {
         assert!(stderr(&out).contains(flag), "{flag}: {}", stderr(&out));
     }
     // Init twice: refused, and the first stays intact.
+    // Ports nothing listens on (drawn like a running cluster's), so the
+    // status below finds every node down.
+    let port = common::free_port_block(27).to_string();
     ok(&run_kvctl(
-        &["cluster", "init", &dir, "--base-port", "21000"],
+        &["cluster", "init", &dir, "--base-port", &port],
         None,
         None,
     ));
@@ -383,14 +427,7 @@ fn bad_input_gets_a_clear_error_and_the_right_exit_code() {
     // A cluster file with another name is the one the commands use.
     let named = temp.path().join("named/prod.toml");
     let named = named.to_string_lossy();
-    let init = [
-        "--cluster",
-        &named,
-        "cluster",
-        "init",
-        "--base-port",
-        "21100",
-    ];
+    let init = ["--cluster", &named, "cluster", "init", "--base-port", &port];
     ok(&run_kvctl(&init, None, None));
     assert!(temp.path().join("named/prod.toml").is_file());
     assert!(!temp.path().join("named/cluster.toml").exists());

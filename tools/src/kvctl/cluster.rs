@@ -241,12 +241,21 @@ pub(super) fn kvd_program(flag: Option<&Path>) -> anyhow::Result<(PathBuf, bool)
     Ok((me, true))
 }
 
-pub(super) fn spawn(
+/// A node `up` started: its process, and where its log stood before it
+/// started (its `ready` line comes after that).
+pub(super) struct Started<'a> {
+    node: &'a ClusterNode,
+    child: Child,
+    log_from_bytes: u64,
+}
+
+/// Starts `node`'s kvd in the background, logging to its `kvd.log`.
+pub(super) fn spawn<'a>(
     dir: &Path,
-    node: &ClusterNode,
+    node: &'a ClusterNode,
     program: &Path,
     as_kvd: bool,
-) -> anyhow::Result<Child> {
+) -> anyhow::Result<Started<'a>> {
     use std::os::unix::process::CommandExt;
     let node_dir = node_dir(dir, node);
     let config = node_dir.join(KVD_FILE);
@@ -263,6 +272,10 @@ pub(super) fn spawn(
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
+    let log_from_bytes = log
+        .metadata()
+        .with_context(|| format!("reading {}", log_path.display()))?
+        .len();
     let mut command = Command::new(program);
     if as_kvd {
         command.arg0("kvd");
@@ -282,7 +295,28 @@ pub(super) fn spawn(
         .with_context(|| format!("starting {} for node {}", program.display(), node.name))?;
     std::fs::write(node_dir.join(PID_FILE), format!("{}\n", child.id()))
         .with_context(|| format!("writing {}", node_dir.join(PID_FILE).display()))?;
-    Ok(child)
+    eprintln!("{:<8} started (pid {})", node.name, child.id());
+    Ok(Started {
+        node,
+        child,
+        log_from_bytes,
+    })
+}
+
+/// Whether `node`'s log says `ready` after `from_bytes`: kvd prints it once
+/// every listener is bound. (A connection to its port proves nothing: on a
+/// shared machine another process may hold the port while this node fails
+/// to bind it.)
+fn logged_ready(dir: &Path, node: &ClusterNode, from_bytes: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = node_dir(dir, node).join(LOG_FILE);
+    let mut text = String::new();
+    let read = std::fs::File::open(&path).and_then(|mut file| {
+        file.seek(SeekFrom::Start(from_bytes))?;
+        // The lines before `ready` are a few startup logs: bounded.
+        file.take(1 << 20).read_to_string(&mut text)
+    });
+    read.is_ok() && text.lines().any(|line| line == "ready")
 }
 
 /// The last `lines` lines of a node's log, for an error message.
@@ -313,7 +347,7 @@ async fn up(
     let file = ClusterFile::load(&at.file)?;
     let (program, as_kvd) = kvd_program(args.kvd.as_deref())?;
 
-    let mut started: Vec<(&ClusterNode, Child)> = Vec::new();
+    let mut started = Vec::new();
     let mut already = Vec::new();
     for node in &file.nodes {
         if let Some(pid) = running_pid(dir, node) {
@@ -321,9 +355,7 @@ async fn up(
             eprintln!("{:<8} already running (pid {pid})", node.name);
             continue;
         }
-        let child = spawn(dir, node, &program, as_kvd)?;
-        eprintln!("{:<8} started (pid {})", node.name, child.id());
-        started.push((node, child));
+        started.push(spawn(dir, node, &program, as_kvd)?);
     }
     wait_listening(dir, &mut started, deadline).await?;
 
@@ -344,7 +376,7 @@ async fn up(
         config.num,
         dir.display(),
     );
-    let started_names: Vec<&str> = started.iter().map(|(n, _)| n.name.as_str()).collect();
+    let started_names: Vec<&str> = started.iter().map(|s| s.node.name.as_str()).collect();
     Ok(Reply::ok(
         text,
         json!({
@@ -398,9 +430,7 @@ async fn add_group(args: &AddGroupArgs, cluster_flag: Option<&Path>) -> anyhow::
     let (program, as_kvd) = kvd_program(args.kvd.as_deref())?;
     let mut started = Vec::new();
     for node in &new {
-        let child = spawn(&dir, node, &program, as_kvd)?;
-        eprintln!("{:<8} started (pid {})", node.name, child.id());
-        started.push((node, child));
+        started.push(spawn(&dir, node, &program, as_kvd)?);
     }
     wait_listening(&dir, &mut started, Instant::now() + Duration::from_secs(30)).await?;
     let names: Vec<&str> = new.iter().map(|n| n.name.as_str()).collect();
@@ -413,17 +443,21 @@ async fn add_group(args: &AddGroupArgs, cluster_flag: Option<&Path>) -> anyhow::
     ))
 }
 
-/// Waits until every started node's client port accepts connections;
-/// fails with the node's log if one exits first.
+/// Waits until every started node is ready (listening on all its
+/// addresses); fails with the node's log if one exits first.
 pub(super) async fn wait_listening(
     dir: &Path,
-    started: &mut [(&ClusterNode, Child)],
+    started: &mut [Started<'_>],
     deadline: Instant,
 ) -> anyhow::Result<()> {
     let mut waiting: BTreeSet<usize> = (0..started.len()).collect();
     while !waiting.is_empty() {
         for index in waiting.clone() {
-            let (node, child) = &mut started[index];
+            let Started {
+                node,
+                child,
+                log_from_bytes,
+            } = &mut started[index];
             if let Some(status) = child.try_wait().context("checking a started kvd")? {
                 let _ = std::fs::remove_file(node_dir(dir, node).join(PID_FILE));
                 bail!(
@@ -432,17 +466,14 @@ pub(super) async fn wait_listening(
                     log_tail(dir, node, 15)
                 );
             }
-            if tokio::net::TcpStream::connect(node.client_addr)
-                .await
-                .is_ok()
-            {
+            if logged_ready(dir, node, *log_from_bytes) {
                 waiting.remove(&index);
             }
         }
         if Instant::now() > deadline {
             let names: Vec<&str> = waiting
                 .iter()
-                .map(|&i| started[i].0.name.as_str())
+                .map(|&i| started[i].node.name.as_str())
                 .collect();
             bail!("nodes {names:?} did not start listening in time; see their {LOG_FILE}");
         }

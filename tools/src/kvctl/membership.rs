@@ -98,8 +98,7 @@ pub async fn add_replica(
 
     if running_pid(&dir, &node).is_none() {
         let (program, as_kvd) = kvd_program(None)?;
-        let child = spawn(&dir, &node, &program, as_kvd)?;
-        let mut started = vec![(&node, child)];
+        let mut started = vec![spawn(&dir, &node, &program, as_kvd)?];
         wait_listening(&dir, &mut started, Instant::now() + Duration::from_secs(30)).await?;
     }
     let ids: Vec<u64> = members.iter().map(|n| n.node_id).collect();

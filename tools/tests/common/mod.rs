@@ -3,9 +3,11 @@
 //! block of free loopback ports, stopped (and, failing that, killed) when
 //! the [`TestCluster`] is dropped.
 //!
-//! Ports come from 20000..32000, below Linux's ephemeral range (32768 and
-//! up): an outgoing connection never takes one, so a node a test kills can
-//! bind its port again on restart. The block is picked at random and probed
+//! Ports come from 10000..20000: below Linux's ephemeral range (32768 and
+//! up), so an outgoing connection never takes one and a node a test kills
+//! can bind its port again on restart; and below the tests crate's range
+//! (20000..32768, tests/src/ports.rs), so the two suites running side by
+//! side never draw the same port. The block is picked at random and probed
 //! (every port bindable) before use; `up` is retried on another block if a
 //! parallel test took one in between.
 
@@ -53,17 +55,22 @@ fn entropy() -> u64 {
     mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
-/// A free block of `count` ports in 20000..32000.
+/// First port of the range blocks are drawn from.
+const LOW_PORT: u16 = 10_000;
+/// End (exclusive) of that range: where the tests crate's range starts.
+const HIGH_PORT: u16 = 20_000;
+
+/// A free block of `count` ports in `LOW_PORT..HIGH_PORT`.
 pub fn free_port_block(count: u16) -> u16 {
     for attempt in 0..200u64 {
-        let span = 12_000 - u64::from(count);
+        let span = u64::from(HIGH_PORT - LOW_PORT - count);
         let offset = entropy().wrapping_add(attempt * 7919) % span;
-        let base = 20_000 + u16::try_from(offset).expect("offset below 12000");
+        let base = LOW_PORT + u16::try_from(offset).expect("offset below the span");
         if ports_free(base, count) {
             return base;
         }
     }
-    panic!("no free block of {count} ports in 20000..32000");
+    panic!("no free block of {count} ports in {LOW_PORT}..{HIGH_PORT}");
 }
 
 /// Node count of a cluster made with these `cluster up` arguments.
@@ -84,7 +91,10 @@ pub fn run_kvctl(args: &[&str], stdin: Option<&str>, cwd: Option<&Path>) -> Outp
         .args(args)
         .env("KVD", KVD)
         .env_remove("KV_CLUSTER")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            "warn,paxos_log=info,shardkv=info,controller=info",
+        )
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -237,6 +247,16 @@ pub fn is_alive(pid: u32) -> bool {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: what the nodes said is the first clue.
+            for node in self.nodes() {
+                let log = std::fs::read_to_string(self.dir.join(&node).join("kvd.log"))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+                eprintln!("---- {node}/kvd.log (last 80 lines)\n{tail}");
+            }
+        }
         let file = self.file.to_string_lossy().into_owned();
         if self.file.exists() {
             let _ = run_kvctl(&["--cluster", &file, "cluster", "down"], None, None);
