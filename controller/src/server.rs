@@ -484,12 +484,7 @@ impl ShardController for ClientService {
         let metrics = self.node.metrics();
         ControllerStatus {
             node_id: metrics.id.0,
-            role: match metrics.role {
-                Some(Role::Leader) => "leader",
-                Some(Role::Candidate) => "candidate",
-                Some(Role::Follower) | None => "follower",
-            }
-            .to_string(),
+            role: metrics.role.unwrap_or(Role::Follower).name().to_string(),
             leader_hint: metrics.leader_hint.map(|id| id.0),
             applied_slot: metrics.applied_slot,
             num: self.machine.lock().controller().latest_num(),

@@ -106,6 +106,42 @@ impl ClerkError {
     }
 }
 
+/// One page of [`Clerk::scan_page`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScanPage {
+    /// The items, in key order.
+    pub items: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Where to continue when the page stopped at its byte budget (`None`:
+    /// the range or the item limit was reached).
+    pub next: Option<Vec<u8>>,
+}
+
+/// Moves `found` into `items` while `limit` items and `bytes_max` bytes of
+/// keys and values allow (the first item of a page goes in even if larger).
+/// Returns the key of the first item left out for lack of bytes, where the
+/// caller continues; items beyond `limit` are dropped (the limit is what
+/// the caller asked for).
+fn take_within(
+    found: Vec<(Vec<u8>, Vec<u8>)>,
+    items: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    bytes_so_far: &mut usize,
+    limit: usize,
+    bytes_max: usize,
+) -> Option<Vec<u8>> {
+    for (key, value) in found {
+        if items.len() >= limit {
+            return None;
+        }
+        let size = key.len().saturating_add(value.len());
+        if !items.is_empty() && bytes_so_far.saturating_add(size) > bytes_max {
+            return Some(key);
+        }
+        *bytes_so_far = bytes_so_far.saturating_add(size);
+        items.push((key, value));
+    }
+    None
+}
+
 /// The outcome of a compare-and-swap.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CasResult {
@@ -255,13 +291,30 @@ impl Clerk {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClerkError> {
+        Ok(self.scan_page(start, end, limit, usize::MAX).await?.items)
+    }
+
+    /// Like [`scan`](Self::scan), but stops once the items hold
+    /// `bytes_max` bytes of keys and values (the first item goes out even
+    /// if it is larger); the page then says where to continue.
+    pub async fn scan_page(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<ScanPage, ClerkError> {
+        let mut page = ScanPage {
+            items: Vec::new(),
+            next: None,
+        };
         if end.is_some_and(|end| end <= start) {
-            return Ok(Vec::new());
+            return Ok(page);
         }
-        let mut items = Vec::new();
+        let mut bytes_so_far = 0usize;
         let mut position = start.to_vec();
-        while items.len() < limit {
-            let want = u32::try_from(limit - items.len()).unwrap_or(u32::MAX);
+        while page.items.len() < limit {
+            let want = u32::try_from(limit - page.items.len()).unwrap_or(u32::MAX);
             let op = ReadOp::Scan {
                 start: position.clone(),
                 end: end.map(<[u8]>::to_vec),
@@ -272,7 +325,11 @@ impl Clerk {
                     items: found,
                     resume,
                 } => {
-                    items.extend(found);
+                    page.next =
+                        take_within(found, &mut page.items, &mut bytes_so_far, limit, bytes_max);
+                    if page.next.is_some() {
+                        break;
+                    }
                     match resume {
                         Some(next) if end.is_none_or(|end| next.as_slice() < end) => {
                             position = next;
@@ -283,8 +340,7 @@ impl Clerk {
                 other => return Err(unexpected(&other)),
             }
         }
-        items.truncate(limit);
-        Ok(items)
+        Ok(page)
     }
 
     async fn write_done(&mut self, op: WriteOp) -> Result<(), ClerkError> {
@@ -642,5 +698,36 @@ impl Clerk {
                 tokio::time::timeout(timeout, client.export_end(context_within(timeout), image))
                     .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_stops_at_its_byte_budget_and_says_where_to_go_on() {
+        let item = |key: &str, value_len: usize| (key.as_bytes().to_vec(), vec![b'v'; value_len]);
+        let (mut items, mut bytes) = (Vec::new(), 0);
+        let found = vec![item("a", 99), item("b", 99), item("c", 99)];
+        assert_eq!(
+            take_within(found, &mut items, &mut bytes, 10, 250),
+            Some(b"c".to_vec())
+        );
+        assert_eq!(items.len(), 2);
+        assert_eq!(bytes, 200);
+        // An item larger than the whole budget still goes out alone.
+        let (mut items, mut bytes) = (Vec::new(), 0);
+        let found = vec![item("big", 1000), item("next", 1)];
+        assert_eq!(
+            take_within(found, &mut items, &mut bytes, 10, 250),
+            Some(b"next".to_vec())
+        );
+        assert_eq!(items.len(), 1);
+        // The item limit cuts without a continuation key.
+        let (mut items, mut bytes) = (Vec::new(), 0);
+        let found = vec![item("a", 1), item("b", 1), item("c", 1)];
+        assert_eq!(take_within(found, &mut items, &mut bytes, 2, 1 << 20), None);
+        assert_eq!(items.len(), 2);
     }
 }

@@ -45,7 +45,7 @@ pub mod state_machine;
 pub mod stats;
 pub mod wire;
 
-pub use crate::clerk::{CasResult, Clerk, ClerkError, ClerkOptions};
+pub use crate::clerk::{CasResult, Clerk, ClerkError, ClerkOptions, ScanPage};
 pub use crate::error::KvError;
 pub use crate::group::{GroupState, ShardState};
 pub use crate::limits::Limits;

@@ -461,12 +461,7 @@ pub(crate) fn status(machine: &SharedMachine, node: &NodeHandle, gid: Gid) -> Re
     ReplicaStatus {
         gid,
         node_id: metrics.id.0,
-        role: match metrics.role {
-            Some(Role::Leader) => "leader",
-            Some(Role::Candidate) => "candidate",
-            Some(Role::Follower) | None => "follower",
-        }
-        .to_string(),
+        role: metrics.role.unwrap_or(Role::Follower).name().to_string(),
         leader_hint: metrics.leader_hint.map(|id| id.0),
         num: group.num,
         applied_slot: metrics.applied_slot,

@@ -74,6 +74,10 @@ pub struct ClusterFile {
     /// replicated log's genesis configuration must stay what it was.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub genesis: BTreeMap<String, Vec<u64>>,
+    /// Node ids removed from each group (gid as text): never given to a new
+    /// replica, whose empty acceptor state must not answer for the old one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retired: BTreeMap<String, Vec<u64>>,
     /// Every node.
     pub nodes: Vec<ClusterNode>,
 }
@@ -170,6 +174,7 @@ impl ClusterFile {
         let file = ClusterFile {
             shards: shape.shards,
             genesis: BTreeMap::new(),
+            retired: BTreeMap::new(),
             nodes,
         };
         file.check()?;
@@ -304,31 +309,57 @@ impl ClusterFile {
             ));
         }
         let gid = self.groups().keys().max().map_or(1, |g| g + 1);
+        for id in 1..=replicas {
+            self.add_group_node(gid, &format!("g{gid}-n{id}"))?;
+        }
+        Ok(gid)
+    }
+
+    /// Adds a replica named `name` to group `gid`, with a node id the group
+    /// never used (above its members', genesis members' and retired ids)
+    /// and the next three free ports (by the file); the new node. On error
+    /// the file is unchanged.
+    pub fn add_group_node(&mut self, gid: u64, name: &str) -> Result<ClusterNode, String> {
+        let key = gid.to_string();
+        let past = [self.genesis.get(&key), self.retired.get(&key)]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .copied();
+        let node_id = self
+            .nodes
+            .iter()
+            .filter(|n| n.gid == Some(gid))
+            .map(|n| n.node_id)
+            .chain(past)
+            .max()
+            .unwrap_or(0)
+            + 1;
         let first = self.next_port();
-        let needed = replicas * u32::from(PORTS_PER_NODE);
         let host = self
             .nodes
             .first()
             .map_or(Ipv4Addr::LOCALHOST.into(), |n| n.client_addr.ip());
-        for id in 1..=replicas {
-            let port = |k: u32| -> Result<SocketAddr, String> {
-                let port = first + (id - 1) * u32::from(PORTS_PER_NODE) + k;
-                u16::try_from(port)
-                    .map(|p| SocketAddr::new(host, p))
-                    .map_err(|_| format!("no {needed} ports left above {first}"))
-            };
-            self.nodes.push(ClusterNode {
-                name: format!("g{gid}-n{id}"),
-                role: Role::Group,
-                gid: Some(gid),
-                node_id: u64::from(id),
-                peer_addr: port(0)?,
-                client_addr: port(1)?,
-                http_addr: Some(port(2)?),
-            });
+        let port = |k: u32| -> Result<SocketAddr, String> {
+            u16::try_from(first + k)
+                .map(|p| SocketAddr::new(host, p))
+                .map_err(|_| format!("no {PORTS_PER_NODE} free ports left above {first}"))
+        };
+        let node = ClusterNode {
+            name: name.to_string(),
+            role: Role::Group,
+            gid: Some(gid),
+            node_id,
+            peer_addr: port(0)?,
+            client_addr: port(1)?,
+            http_addr: Some(port(2)?),
+        };
+        self.nodes.push(node.clone());
+        if let Err(reason) = self.check() {
+            self.nodes.pop();
+            return Err(reason);
         }
-        self.check()?;
-        Ok(gid)
+        Ok(node)
     }
 
     /// The node called `name`.
@@ -452,5 +483,26 @@ mod tests {
         let mut file = ClusterFile::generate(shape()).unwrap();
         file.nodes[1].name = "../x".into();
         assert!(file.check().unwrap_err().contains("names a directory"));
+    }
+
+    #[test]
+    fn a_new_replica_never_reuses_a_node_id_and_takes_fresh_ports() {
+        let mut file = ClusterFile::generate(shape()).unwrap();
+        let before = file.next_port();
+        let node = file.add_group_node(1, "g1-n4").unwrap();
+        assert_eq!(node.node_id, 4);
+        assert_eq!(node.peer_addr.port(), u16::try_from(before).unwrap());
+        assert_eq!(file.next_port(), before + u32::from(PORTS_PER_NODE));
+        // Node 4 removed (retired), node 1 a genesis member: the next is 5.
+        file.nodes.retain(|n| n.name != "g1-n4");
+        file.retired.insert("1".into(), vec![4]);
+        file.genesis.insert("1".into(), vec![1, 2, 3]);
+        assert_eq!(file.add_group_node(1, "g1-n5").unwrap().node_id, 5);
+        // A bad name changes nothing.
+        let count = file.nodes.len();
+        assert!(file.add_group_node(1, "g1/n6").is_err());
+        assert_eq!(file.nodes.len(), count);
+        let again: ClusterFile = toml::from_str(&file.to_toml()).unwrap();
+        assert_eq!(again, file);
     }
 }

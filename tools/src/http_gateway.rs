@@ -68,7 +68,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use shardkv::limits::SCAN_ITEMS_CEILING;
 use shardkv::stats::ReplicaProbe;
-use shardkv::{Clerk, ClerkError, KvError, Limits, ReadOp, ReadReply};
+use shardkv::{Clerk, ClerkError, KvError, Limits};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 // The clock tokio's timers run on, as deadlines are handed to them.
 use tokio::time::Instant;
@@ -333,93 +333,17 @@ async fn execute(clerk: &mut Clerk, request: Request) -> Result<Answer, ClerkErr
             end,
             limit,
             bytes_max,
-        } => scan_items(clerk, start, end, limit, bytes_max).await,
-    }
-}
-
-/// Like [`Clerk::scan`], but also stops once the items hold `bytes_max`
-/// bytes of keys and values (at least one item is returned), so that one
-/// HTTP reply stays bounded whatever the limit.
-async fn scan_items(
-    clerk: &mut Clerk,
-    start: Vec<u8>,
-    end: Option<Vec<u8>>,
-    limit: usize,
-    bytes_max: usize,
-) -> Result<Answer, ClerkError> {
-    let mut items = Vec::new();
-    if end.as_ref().is_some_and(|end| *end <= start) {
-        return Ok(Answer::Items { items, next: None });
-    }
-    let mut bytes_so_far = 0usize;
-    let mut position = start;
-    while items.len() < limit {
-        let want = u32::try_from(limit - items.len()).unwrap_or(u32::MAX);
-        let op = ReadOp::Scan {
-            start: position.clone(),
-            end: end.clone(),
-            limit: want,
-        };
-        match clerk.read(op).await? {
-            ReadReply::Items {
-                items: found,
-                resume,
-            } => {
-                let budget = ScanBudget { limit, bytes_max };
-                if let Some(next) = budget.take(found, &mut items, &mut bytes_so_far) {
-                    return Ok(Answer::Items {
-                        items,
-                        next: Some(next),
-                    });
-                }
-                match resume {
-                    Some(next) if end.as_ref().is_none_or(|end| next < *end) => position = next,
-                    _ => break,
-                }
-            }
-            other => {
-                return Err(ClerkError::Unavailable(format!(
-                    "unexpected answer to a scan: {other:?}"
-                )))
-            }
+        } => {
+            // Bounded by bytes too, so one HTTP reply stays bounded
+            // whatever the limit.
+            let page = clerk
+                .scan_page(&start, end.as_deref(), limit, bytes_max)
+                .await?;
+            Ok(Answer::Items {
+                items: page.items,
+                next: page.next,
+            })
         }
-    }
-    Ok(Answer::Items { items, next: None })
-}
-
-/// How much one scan reply may hold.
-#[derive(Debug, Clone, Copy)]
-struct ScanBudget {
-    /// Most items.
-    limit: usize,
-    /// Most bytes of keys and values (passed by the first item alone if
-    /// it must).
-    bytes_max: usize,
-}
-
-impl ScanBudget {
-    /// Moves `found` into `items` while the budget lasts. Returns the key
-    /// of the first item left out for lack of bytes (where the client
-    /// continues); items left out because `limit` was reached are simply
-    /// dropped, as the limit is what the client asked for.
-    fn take(
-        self,
-        found: Vec<(Vec<u8>, Vec<u8>)>,
-        items: &mut Vec<(Vec<u8>, Vec<u8>)>,
-        bytes_so_far: &mut usize,
-    ) -> Option<Vec<u8>> {
-        for (key, value) in found {
-            if items.len() >= self.limit {
-                return None;
-            }
-            let size = key.len().saturating_add(value.len());
-            if !items.is_empty() && bytes_so_far.saturating_add(size) > self.bytes_max {
-                return Some(key);
-            }
-            *bytes_so_far = bytes_so_far.saturating_add(size);
-            items.push((key, value));
-        }
-        None
     }
 }
 
@@ -1021,40 +945,6 @@ mod tests {
             let failure = ScanQuery::parse(bad).unwrap_err();
             assert_eq!(failure.status, StatusCode::BAD_REQUEST, "{bad}");
         }
-    }
-
-    #[test]
-    fn a_scan_reply_stops_at_its_byte_budget_and_says_where_to_go_on() {
-        let item = |key: &str, value_len: usize| (key.as_bytes().to_vec(), vec![b'v'; value_len]);
-        let budget = ScanBudget {
-            limit: 10,
-            bytes_max: 250,
-        };
-        let (mut items, mut bytes) = (Vec::new(), 0);
-        let found = vec![item("a", 99), item("b", 99), item("c", 99)];
-        assert_eq!(
-            budget.take(found, &mut items, &mut bytes),
-            Some(b"c".to_vec())
-        );
-        assert_eq!(items.len(), 2);
-        assert_eq!(bytes, 200);
-        // An item larger than the whole budget still goes out alone.
-        let (mut items, mut bytes) = (Vec::new(), 0);
-        let found = vec![item("big", 1000), item("next", 1)];
-        assert_eq!(
-            budget.take(found, &mut items, &mut bytes),
-            Some(b"next".to_vec())
-        );
-        assert_eq!(items.len(), 1);
-        // The item limit cuts without a continuation key.
-        let budget = ScanBudget {
-            limit: 2,
-            bytes_max: 1 << 20,
-        };
-        let (mut items, mut bytes) = (Vec::new(), 0);
-        let found = vec![item("a", 1), item("b", 1), item("c", 1)];
-        assert_eq!(budget.take(found, &mut items, &mut bytes), None);
-        assert_eq!(items.len(), 2);
     }
 
     #[tokio::test]

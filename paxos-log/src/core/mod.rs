@@ -56,6 +56,18 @@ pub enum Role {
     Leader,
 }
 
+impl Role {
+    /// The role's name in status reports (`leader`, `candidate`,
+    /// `follower`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
 /// What this replica knows about one slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum SlotState {

@@ -249,6 +249,23 @@ pub(super) struct Started<'a> {
     log_from_bytes: u64,
 }
 
+/// Fails naming the address if one of `node`'s ports is taken now (before
+/// its files are written, so a taken port changes nothing).
+pub(super) fn ensure_ports_free(node: &ClusterNode) -> anyhow::Result<()> {
+    for addr in [Some(node.peer_addr), Some(node.client_addr), node.http_addr]
+        .into_iter()
+        .flatten()
+    {
+        if std::net::TcpListener::bind(addr).is_err() {
+            bail!(
+                "{addr} (for node {}) is in use: free it, or edit the ports in the cluster file",
+                node.name
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Starts `node`'s kvd in the background, logging to its `kvd.log`.
 pub(super) fn spawn<'a>(
     dir: &Path,
@@ -411,17 +428,7 @@ async fn add_group(args: &AddGroupArgs, cluster_flag: Option<&Path>) -> anyhow::
         .cloned()
         .collect();
     for node in &new {
-        for addr in [Some(node.peer_addr), Some(node.client_addr), node.http_addr]
-            .into_iter()
-            .flatten()
-        {
-            if std::net::TcpListener::bind(addr).is_err() {
-                bail!(
-                    "{addr} (for node {}) is in use: free it, or edit the ports",
-                    node.name
-                );
-            }
-        }
+        ensure_ports_free(node)?;
     }
     for node in &new {
         write_atomically(&node_dir(&dir, node).join(KVD_FILE), &file.kvd_toml(node))?;

@@ -19,7 +19,6 @@
 //! Each step can be repeated: re-running a command that stopped half-way
 //! (a node down, a timeout) finishes it.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -30,12 +29,11 @@ use shardkv::rpc::{context_within, PeerAddrs, ServiceError};
 
 use super::cli::DirArg;
 use super::cluster::{
-    admin_clerk, group_addresses, kvd_program, locate, node_dir, running_pid, signal, spawn,
-    wait_listening, wait_stopped, write_atomically, PID_FILE,
+    admin_clerk, ensure_ports_free, group_addresses, kvd_program, locate, node_dir, running_pid,
+    signal, spawn, wait_listening, wait_stopped, write_atomically, PID_FILE,
 };
 use super::Reply;
-use crate::cluster_file::{ClusterFile, ClusterNode, KVD_FILE, PORTS_PER_NODE};
-use crate::kvd_config::Role;
+use crate::cluster_file::{ClusterFile, ClusterNode, KVD_FILE};
 
 /// How long one replica call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,29 +58,8 @@ pub async fn add_replica(
         Some(_) => bail!("node name {name:?} is taken by another node; pick a new name"),
         None => {
             record_genesis(&mut file, gid, &group);
-            let node_id = group.iter().map(|n| n.node_id).max().unwrap_or(0) + 1;
-            let first = file.next_port();
-            let host = group[0].client_addr.ip();
-            let addr = |k: u32| -> anyhow::Result<SocketAddr> {
-                let port = u16::try_from(first + k).context("no free ports left below 65536")?;
-                let addr = SocketAddr::new(host, port);
-                if std::net::TcpListener::bind(addr).is_err() {
-                    bail!("{addr} is in use: free it and re-run");
-                }
-                Ok(addr)
-            };
-            debug_assert_eq!(PORTS_PER_NODE, 3);
-            let node = ClusterNode {
-                name: name.to_string(),
-                role: Role::Group,
-                gid: Some(gid),
-                node_id,
-                peer_addr: addr(0)?,
-                client_addr: addr(1)?,
-                http_addr: Some(addr(2)?),
-            };
-            file.nodes.push(node.clone());
-            file.check().map_err(anyhow::Error::msg)?;
+            let node = file.add_group_node(gid, name).map_err(anyhow::Error::msg)?;
+            ensure_ports_free(&node)?;
             node
         }
     };
@@ -149,6 +126,10 @@ pub async fn remove_replica(
     }
     let _ = std::fs::remove_file(node_dir(&dir, &node).join(PID_FILE));
     file.nodes.retain(|n| n.name != name);
+    file.retired
+        .entry(gid.to_string())
+        .or_default()
+        .push(node.node_id);
     for member in &remaining {
         write_atomically(
             &node_dir(&dir, member).join(KVD_FILE),
