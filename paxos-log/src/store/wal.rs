@@ -325,12 +325,29 @@ pub fn decode_acceptor_record(payload: &[u8]) -> Result<Vec<PersistOp>, String> 
     }
     // The same encoding as `bincode::serialize`, but strict: trailing bytes
     // are an error, and no length prefix may claim more than the record holds.
-    bincode::DefaultOptions::new()
+    let ops: Vec<PersistOp> = bincode::DefaultOptions::new()
         .with_fixint_encoding()
         .reject_trailing_bytes()
         .with_limit(u64::try_from(body.len()).unwrap_or(u64::MAX))
         .deserialize(body)
-        .map_err(|error| format!("undecodable acceptor ops: {error}"))
+        .map_err(|error| format!("undecodable acceptor ops: {error}"))?;
+    // Compacting up to `Slot::MAX` leaves no next slot (applying it would
+    // overflow computing one), and no build ever writes it.
+    if ops.iter().any(|op| {
+        matches!(
+            op,
+            PersistOp::Checkpoint {
+                compacted_upto: Slot::MAX,
+                ..
+            }
+        )
+    }) {
+        return Err(format!(
+            "checkpoint compacts up to slot {}, which leaves no next slot",
+            Slot::MAX
+        ));
+    }
+    Ok(ops)
 }
 
 /// Decodes one acceptor record and applies its ops to `state`.
