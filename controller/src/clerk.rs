@@ -154,6 +154,10 @@ pub enum ClerkError {
     /// The clerk was given no address.
     #[error("the clerk knows no controller address")]
     NoAddresses,
+    /// A replica refused the connection's access handshake: the clerk's
+    /// cluster id or secret is not the cluster's. Nothing took effect.
+    #[error("access denied: {0}")]
+    Denied(String),
 }
 
 impl ClerkError {
@@ -208,6 +212,10 @@ enum Attempt<T> {
         /// What went wrong, for the final error.
         cause: String,
     },
+    /// The replica refused the connection's access handshake (another
+    /// cluster, a wrong secret): no replica will answer otherwise, so stop
+    /// at once. Nothing was sent on this connection.
+    Denied(String),
 }
 
 /// Where the next attempt goes.
@@ -373,6 +381,12 @@ impl ControllerClerk {
                     next,
                     cause,
                 } => (definite, next, cause),
+                Attempt::Denied(cause) if kind == Kind::Change && may_have_applied => {
+                    return Err(ClerkError::Indeterminate(format!(
+                        "an earlier attempt may have taken effect; then: {cause}"
+                    )));
+                }
+                Attempt::Denied(cause) => return Err(ClerkError::Denied(cause)),
             };
             debug!(%target, %cause, definite, "controller attempt failed; retrying");
             may_have_applied |= !definite;
@@ -470,6 +484,9 @@ impl ControllerClerk {
     {
         let client = match tokio::time::timeout(timeout, self.connection(target)).await {
             Ok(Ok(client)) => client,
+            Ok(Err(cause)) if cause.kind() == io::ErrorKind::PermissionDenied => {
+                return Attempt::Denied(cause.to_string());
+            }
             // Nothing was sent.
             Ok(Err(cause)) => return Attempt::retry(true, Next::Other, target, cause),
             Err(_) => return Attempt::retry(true, Next::Other, target, "connect timed out"),

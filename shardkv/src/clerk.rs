@@ -97,6 +97,11 @@ pub enum ClerkError {
     /// The group refused the operation by its rules; it did not take effect.
     #[error(transparent)]
     Refused(KvError),
+    /// A replica or controller refused the connection's access handshake:
+    /// the clerk's cluster id or secret is not the cluster's. It did not
+    /// take effect.
+    #[error("access denied: {0}")]
+    Denied(String),
 }
 
 impl ClerkError {
@@ -160,6 +165,18 @@ enum Attempt<T> {
         next: Next,
         cause: String,
     },
+    /// The replica refused the connection's access handshake (another
+    /// cluster, a wrong secret): stop at once. Nothing was sent on this
+    /// connection.
+    Denied(String),
+}
+
+/// Why [`Clerk::route`] found no replica to try.
+enum Unroutable {
+    /// Not now (no configuration yet, no group for the shard): retry.
+    Later(String),
+    /// The controller refused the clerk's access key: stop.
+    Denied(String),
 }
 
 /// Where the next attempt goes.
@@ -393,7 +410,13 @@ impl Clerk {
         while Instant::now() < deadline {
             let (gid, target) = match self.route(key, hint.take()).await {
                 Ok(route) => route,
-                Err(cause) => {
+                Err(Unroutable::Denied(cause)) if write && may_have_applied => {
+                    return Err(ClerkError::Indeterminate(format!(
+                        "an earlier attempt may have taken effect; then: {cause}"
+                    )));
+                }
+                Err(Unroutable::Denied(cause)) => return Err(ClerkError::Denied(cause)),
+                Err(Unroutable::Later(cause)) => {
                     last_cause = cause;
                     self.pause(&mut backoff, deadline).await;
                     continue;
@@ -413,6 +436,12 @@ impl Clerk {
                     next,
                     cause,
                 } => (definite, next, cause),
+                Attempt::Denied(cause) if write && may_have_applied => {
+                    return Err(ClerkError::Indeterminate(format!(
+                        "an earlier attempt may have taken effect; then: {cause}"
+                    )));
+                }
+                Attempt::Denied(cause) => return Err(ClerkError::Denied(cause)),
             };
             debug!(%target, gid, %cause, definite, "attempt failed; retrying");
             may_have_applied |= write && !definite;
@@ -483,19 +512,26 @@ impl Clerk {
         &mut self,
         key: &[u8],
         hint: Option<SocketAddr>,
-    ) -> Result<(Gid, SocketAddr), String> {
+    ) -> Result<(Gid, SocketAddr), Unroutable> {
         if self.config.is_none() {
-            let config = self
-                .controller
-                .query(None)
-                .await
-                .map_err(|err| format!("asking the controller for the configuration: {err}"))?;
+            let config = self.controller.query(None).await.map_err(|err| match err {
+                controller::ClerkError::Denied(cause) => Unroutable::Denied(cause),
+                err => Unroutable::Later(format!(
+                    "asking the controller for the configuration: {err}"
+                )),
+            })?;
             self.config = Some(config);
         }
-        let config = self.config.as_ref().ok_or("no configuration")?;
-        let shard = config
-            .shard_for_key(key)
-            .ok_or_else(|| format!("configuration {} has no shard for the key", config.num))?;
+        let config = self
+            .config
+            .as_ref()
+            .ok_or_else(|| Unroutable::Later("no configuration".into()))?;
+        let shard = config.shard_for_key(key).ok_or_else(|| {
+            Unroutable::Later(format!(
+                "configuration {} has no shard for the key",
+                config.num
+            ))
+        })?;
         let Some(gid) = shard.gid else {
             let cause = format!(
                 "no group serves shard {} in configuration {}",
@@ -503,11 +539,13 @@ impl Clerk {
             );
             // Ask again next time: a group may join meanwhile.
             self.config = None;
-            return Err(cause);
+            return Err(Unroutable::Later(cause));
         };
         let addrs = parse_addrs(config.groups.get(&gid).map_or(&[][..], Vec::as_slice));
         if addrs.is_empty() {
-            return Err(format!("group {gid} has no usable address"));
+            return Err(Unroutable::Later(format!(
+                "group {gid} has no usable address"
+            )));
         }
         if let Some(hint) = hint {
             return Ok((gid, hint));
@@ -538,6 +576,9 @@ impl Clerk {
                 .await
             {
                 Ok(Ok(client)) => client,
+                Ok(Err(cause)) if cause.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Attempt::Denied(cause.to_string());
+                }
                 Ok(Err(cause)) => return retry(true, Next::Other, target, cause),
                 Err(_) => return retry(true, Next::Other, target, "connect timed out"),
             };

@@ -160,9 +160,9 @@ async fn append_client(
         let ack = match result {
             Ok(()) => Ack::Ok,
             Err(ClerkError::Indeterminate(_)) => Ack::Maybe,
-            Err(err @ (ClerkError::Unavailable(_) | ClerkError::Refused(_))) => {
-                Ack::Not(err.to_string())
-            }
+            Err(
+                err @ (ClerkError::Unavailable(_) | ClerkError::Refused(_) | ClerkError::Denied(_)),
+            ) => Ack::Not(err.to_string()),
         };
         log.get_mut(key).expect("own key").push((token, ack));
     }
@@ -498,7 +498,9 @@ async fn mixed_client(
                 pending.returned(output);
             }
             Err(ClerkError::Indeterminate(_)) => pending.indeterminate(),
-            Err(ClerkError::Unavailable(_) | ClerkError::Refused(_)) => pending.failed(),
+            Err(ClerkError::Unavailable(_) | ClerkError::Refused(_) | ClerkError::Denied(_)) => {
+                pending.failed()
+            }
         }
     }
 }

@@ -751,7 +751,7 @@ async fn run_clerk(
             Ok(()) => Fate::Acked,
             Err(ClerkError::Indeterminate(_)) => Fate::Indeterminate,
             Err(e @ ClerkError::Unavailable(_)) => Fate::NotApplied(e.to_string()),
-            Err(e @ ClerkError::Refused(_)) => {
+            Err(e @ (ClerkError::Refused(_) | ClerkError::Denied(_))) => {
                 log.violations.push(format!(
                     "client {client_id}, append {token} to key {}: refused: {e}",
                     shown(&keys[k])

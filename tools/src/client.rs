@@ -4,16 +4,19 @@
 
 use std::time::Duration;
 
+use paxos_log::NetLimits;
 use shardkv::ClerkOptions;
 
 /// Options for a clerk whose operations give up after `timeout` (retries
-/// included), with a fresh client id.
-pub fn clerk_options(timeout: Duration) -> ClerkOptions {
+/// included), with a fresh client id, connecting with `net` (which carries
+/// the cluster's access key).
+pub fn clerk_options(timeout: Duration, net: NetLimits) -> ClerkOptions {
     let defaults = ClerkOptions::new(controller::unique_client_id());
     ClerkOptions {
         deadline: timeout,
         // One attempt may not outlast the whole operation.
         rpc_timeout: timeout.min(defaults.rpc_timeout),
+        net,
         ..defaults
     }
 }

@@ -69,6 +69,13 @@ pub struct ClusterNode {
 pub struct ClusterFile {
     /// Shards of configuration 0.
     pub shards: u32,
+    /// The cluster's id: every connection names it (access control, with
+    /// `secret`; a file without both has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// The shared secret (hex) every connection proves it knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
     /// Each group's first members (gid as text -> node ids), recorded once
     /// `admin add-replica` or `remove-replica` changed the group: the
     /// replicated log's genesis configuration must stay what it was.
@@ -171,8 +178,11 @@ impl ClusterFile {
                 });
             }
         }
+        let (cluster_id, secret) = crate::access::generate()?;
         let file = ClusterFile {
             shards: shape.shards,
+            cluster_id: Some(cluster_id),
+            secret: Some(secret),
             genesis: BTreeMap::new(),
             retired: BTreeMap::new(),
             nodes,
@@ -209,8 +219,21 @@ impl ClusterFile {
         )
     }
 
+    /// Network settings for talking to the cluster's nodes: the defaults,
+    /// with the cluster's access key.
+    pub fn net(&self) -> paxos_log::NetLimits {
+        paxos_log::NetLimits {
+            // `check` refused a file whose key does not parse.
+            access: crate::access::access_key(self.cluster_id.as_deref(), self.secret.as_deref())
+                .ok()
+                .flatten(),
+            ..paxos_log::NetLimits::default()
+        }
+    }
+
     /// Every rule a usable file follows.
     pub fn check(&self) -> Result<(), String> {
+        crate::access::access_key(self.cluster_id.as_deref(), self.secret.as_deref())?;
         let mut names = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         let mut ids = BTreeSet::new();
@@ -387,6 +410,9 @@ impl ClusterFile {
         let _ = writeln!(text, "data_dir = \"data\"");
         let _ = writeln!(text, "peer_addr = \"{}\"", node.peer_addr);
         let _ = writeln!(text, "client_addr = \"{}\"", node.client_addr);
+        if let (Some(id), Some(secret)) = (&self.cluster_id, &self.secret) {
+            let _ = writeln!(text, "cluster_id = \"{id}\"\nsecret = \"{secret}\"");
+        }
         match node.role {
             Role::Controller => {
                 let _ = writeln!(text, "initial_shards = {}", self.shards);

@@ -65,6 +65,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::StreamExt;
+use paxos_log::NetLimits;
 use serde_json::{json, Value};
 use shardkv::limits::SCAN_ITEMS_CEILING;
 use shardkv::stats::ReplicaProbe;
@@ -92,6 +93,8 @@ pub struct GatewayOptions {
     /// The node's size limits: keys and values are checked against them
     /// before any network call; a scan reply stops at `scan_bytes_max`.
     pub limits: Limits,
+    /// Connections to the cluster (with its access key).
+    pub net: NetLimits,
     /// Most clerks, hence most operations in flight at once.
     pub clerks_max: usize,
     /// Most requests waiting for a clerk; more are refused with 503.
@@ -108,6 +111,7 @@ impl GatewayOptions {
         GatewayOptions {
             controllers,
             limits,
+            net: NetLimits::default(),
             clerks_max: 8,
             waiting_max: 64,
             request_timeout: Duration::from_secs(10),
@@ -390,7 +394,9 @@ impl Failure {
             ClerkError::Indeterminate(_) => {
                 Failure::new(StatusCode::GATEWAY_TIMEOUT, "indeterminate", message, true)
             }
-            ClerkError::Unavailable(_) => Failure::new(
+            // A node whose own access key the cluster refuses: the node's
+            // configuration is wrong, not the request.
+            ClerkError::Unavailable(_) | ClerkError::Denied(_) => Failure::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 message,
@@ -745,6 +751,7 @@ struct ClerkPool {
     waiting_max: usize,
     clerks_max: usize,
     controllers: Vec<SocketAddr>,
+    net: NetLimits,
     timeout: Duration,
 }
 
@@ -758,6 +765,7 @@ impl ClerkPool {
             waiting_max: options.waiting_max,
             clerks_max,
             controllers: options.controllers.clone(),
+            net: options.net.clone(),
             timeout: options.request_timeout,
         }
     }
@@ -836,7 +844,10 @@ impl ClerkPool {
     }
 
     fn new_clerk(&self) -> Clerk {
-        Clerk::new(self.controllers.clone(), clerk_options(self.timeout))
+        Clerk::new(
+            self.controllers.clone(),
+            clerk_options(self.timeout, self.net.clone()),
+        )
     }
 }
 

@@ -12,6 +12,8 @@
 //! http_addr = "127.0.0.1:7413"    # role = "group" only, optional: HTTP API and /metrics
 //! controllers = ["127.0.0.1:7402"] # role = "group" only: controller client addresses
 //! initial_shards = 8              # role = "controller" only: shards of configuration 0
+//! cluster_id = "kv-1f0c9d2e7a4b3c5d" # optional: with `secret`, every connection to and
+//! secret = "9a3e...(64 hex digits)"  # from this node must prove it belongs to the cluster
 //!
 //! genesis_members = [1, 2, 3]     # optional: the group's first members (default: every
 //!                                 # `[[members]]` entry); set once a replica was added or removed
@@ -41,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use controller::{ControllerServerConfig, MemberAddrs};
-use paxos_log::{DriverOptions, NodeId};
+use paxos_log::{DriverOptions, NetLimits, NodeId};
 use serde::{Deserialize, Serialize};
 use shardkv::{Limits, ShardKvServerConfig};
 
@@ -116,6 +118,11 @@ pub struct KvdConfig {
     /// Controller client addresses (role = "group").
     #[serde(default)]
     pub controllers: Vec<SocketAddr>,
+    /// The cluster's id (access control, with `secret`).
+    pub cluster_id: Option<String>,
+    /// The cluster's shared secret, in hex (access control, with
+    /// `cluster_id`).
+    pub secret: Option<String>,
     /// Shards of configuration 0 (role = "controller").
     pub initial_shards: Option<u32>,
     /// Every replica of its group.
@@ -259,6 +266,15 @@ impl KvdConfig {
                 Some(ids.iter().map(|&id| NodeId(id)).collect::<Vec<_>>())
             }
         };
+        let access = crate::access::access_key(self.cluster_id.as_deref(), self.secret.as_deref())
+            .map_err(|reason| ConfigError {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+        let net = NetLimits {
+            access,
+            ..NetLimits::default()
+        };
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         let data_dir = base.join(&self.data_dir);
         match self.role {
@@ -290,6 +306,7 @@ impl KvdConfig {
                 }
                 Ok(NodeConfig::Controller(ControllerServerConfig {
                     driver,
+                    net,
                     ..ControllerServerConfig::new(
                         NodeId(self.node_id),
                         members,
@@ -334,6 +351,7 @@ impl KvdConfig {
                         limits,
                         driver,
                         genesis,
+                        net,
                         ..ShardKvServerConfig::new(
                             NodeId(self.node_id),
                             gid,

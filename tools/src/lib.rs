@@ -21,6 +21,7 @@
 //! * [`node`] and [`kvctl`]: the bodies of the two binaries (kept here so
 //!   `kvctl` can also run as `kvd`, and tests can reach them).
 
+pub mod access;
 pub mod client;
 pub mod cluster_file;
 pub mod data_dir;

@@ -59,6 +59,9 @@ pub fn kvd_main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: `kvctl cluster up` sends the log
+        // to kvd.log, which people grep.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let loaded = KvdConfig::load(&args.config)
         .and_then(|config| Ok((config.validate(&args.config)?, config.name)));
@@ -127,7 +130,10 @@ async fn run_group(node: GroupNode, name: String, mut stop: StopSignals) -> anyh
         Some(addr) => Some((addr, http_gateway::bind(addr).await?)),
         None => None,
     };
-    let options = GatewayOptions::new(node.server.controllers.clone(), node.server.limits.clone());
+    let options = GatewayOptions {
+        net: node.server.net.clone(),
+        ..GatewayOptions::new(node.server.controllers.clone(), node.server.limits.clone())
+    };
     let data_dir = node.server.data_dir.clone();
     let server = ShardKvServer::start(node.server)
         .await

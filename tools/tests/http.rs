@@ -219,6 +219,7 @@ fn clerk(cluster: &TestCluster, client_id: u64) -> Clerk {
     let file = ClusterFile::load(&cluster.file).expect("cluster file");
     let options = ClerkOptions {
         deadline: Duration::from_secs(20),
+        net: file.net(),
         ..ClerkOptions::new(client_id)
     };
     Clerk::new(file.controller_addrs(), options)

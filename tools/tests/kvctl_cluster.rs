@@ -211,19 +211,20 @@ enum Victim {
 
 async fn kill_a_leader_then_a_follower_under_load(victim: Victim) {
     let cluster = TestCluster::up(&["--controllers", "1", "--groups", "1"]);
-    let controllers = {
+    let (controllers, net) = {
         let file = tools::cluster_file::ClusterFile::load(&cluster.file).unwrap();
-        file.controller_addrs()
+        (file.controller_addrs(), file.net())
     };
     // Four writers append numbered items to their own keys; each records
     // what was acknowledged.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for writer in 0..4u64 {
-        let (controllers, stop) = (controllers.clone(), stop.clone());
+        let (controllers, stop, net) = (controllers.clone(), stop.clone(), net.clone());
         writers.push(tokio::spawn(async move {
             let options = ClerkOptions {
                 deadline: Duration::from_secs(20),
+                net,
                 ..ClerkOptions::new(controller::unique_client_id())
             };
             let mut clerk = Clerk::new(controllers, options);
@@ -272,6 +273,7 @@ async fn kill_a_leader_then_a_follower_under_load(victim: Victim) {
     }
     let options = ClerkOptions {
         deadline: Duration::from_secs(20),
+        net,
         ..ClerkOptions::new(controller::unique_client_id())
     };
     let mut clerk = Clerk::new(controllers, options);

@@ -169,5 +169,11 @@ where
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     // Small request/response frames: latency matters more than packing.
     let _ = stream.set_nodelay(true);
+    let mut stream = stream;
+    if let Some(key) = &limits.access {
+        crate::net::access::offer(&mut stream, key)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+    }
     Ok(framed(stream, limits, WireCodec::client(limits)))
 }

@@ -46,6 +46,13 @@
 //! connection and reconnects with exponential backoff. A peer's task only
 //! ever waits on that peer, so one slow peer never holds up the others.
 //!
+//! # Access
+//!
+//! With an [`AccessKey`] in [`NetLimits::access`], every connection opens
+//! with a hello carrying the cluster id and secret, checked by the server
+//! before any frame is read ([`access`]); a wrong or missing hello closes
+//! that connection only, and the client is told why.
+//!
 //! # Frames and bad input
 //!
 //! Every message is one length-delimited frame (a 4-byte big-endian length,
@@ -70,6 +77,7 @@
 //! further until one completes). Nothing read from the network is
 //! unwrapped: every decoding failure is an error that closes the connection.
 
+pub mod access;
 mod client;
 pub mod codec;
 pub mod rpc;
@@ -78,6 +86,7 @@ pub mod service;
 
 use std::time::Duration;
 
+pub use self::access::AccessKey;
 pub use self::client::{connect, TarpcTransport, TransportStats};
 pub use self::server::{PeerListener, ServerHandle, ServerStats};
 
@@ -115,6 +124,10 @@ pub struct NetLimits {
     pub backoff_min: Duration,
     /// Client: longest wait between reconnection attempts.
     pub backoff_max: Duration,
+    /// Both sides: the cluster's id and secret. With a key, a client opens
+    /// every connection with the [`access`] handshake and a server refuses
+    /// connections that do not (see the module). `None`: no handshake.
+    pub access: Option<AccessKey>,
 }
 
 impl Default for NetLimits {
@@ -131,6 +144,7 @@ impl Default for NetLimits {
             connect_timeout: Duration::from_secs(2),
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
+            access: None,
         }
     }
 }

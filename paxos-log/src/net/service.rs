@@ -5,7 +5,11 @@
 //!  TcpListener ──accept──► over max_connections? ──yes──► close, count refused
 //!                                  │ no
 //!                                  ▼
-//!        one task per connection (JoinSet): framed + WireCodec::server
+//!        one task per connection (JoinSet)
+//!          ├── with an access key: hello refused? ──► log, close, count unauthorized
+//!          │   (crate::net::access)
+//!          ▼
+//!        framed + WireCodec::server
 //!          ├── ≤ max_in_flight_per_connection requests handled at once
 //!          ├── no request (and none in flight) for idle_timeout ──► close
 //!          └── bad frame / deadline / I/O error ──► close this one only
@@ -48,6 +52,7 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::{sleep, Instant};
 use tracing::{debug, error, warn};
 
+use crate::net::access;
 use crate::net::codec::{framed, WireCodec};
 use crate::net::NetLimits;
 
@@ -63,6 +68,9 @@ pub struct ConnectionStats {
     pub connections_accepted: u64,
     /// Connections closed on accept because `max_connections` were open.
     pub connections_refused: u64,
+    /// Connections refused by the access handshake (another cluster, a
+    /// wrong secret, no handshake).
+    pub connections_unauthorized: u64,
     /// Connections closed on bad input (oversized, undecodable or
     /// truncated frame, deadline too far) or an I/O error (which includes
     /// a peer that stopped in the middle of a frame).
@@ -82,6 +90,7 @@ pub struct ConnectionStats {
 pub struct ServerCounters {
     connections_accepted: AtomicU64,
     connections_refused: AtomicU64,
+    connections_unauthorized: AtomicU64,
     connections_failed: AtomicU64,
     connections_idle: AtomicU64,
     connection_panics: AtomicU64,
@@ -100,6 +109,7 @@ impl ServerCounters {
         ConnectionStats {
             connections_accepted: get(&self.connections_accepted),
             connections_refused: get(&self.connections_refused),
+            connections_unauthorized: get(&self.connections_unauthorized),
             connections_failed: get(&self.connections_failed),
             connections_idle: get(&self.connections_idle),
             connection_panics: get(&self.connection_panics),
@@ -121,6 +131,7 @@ impl ServerCounters {
             Ok(ConnectionEnd::Closed) => {}
             Ok(ConnectionEnd::Idle) => bump(&self.connections_idle),
             Ok(ConnectionEnd::Failed) => bump(&self.connections_failed),
+            Ok(ConnectionEnd::Unauthorized) => bump(&self.connections_unauthorized),
             Err(cause) => self.record_join_error(name, &cause),
         }
     }
@@ -272,6 +283,8 @@ enum ConnectionEnd {
     Idle,
     /// Bad input or an I/O error.
     Failed,
+    /// Refused by the access handshake.
+    Unauthorized,
 }
 
 /// Serves one connection until the peer closes it, it fails, it idles out,
@@ -292,6 +305,17 @@ where
 {
     // Latency matters more than packet count for small protocol messages.
     let _ = stream.set_nodelay(true);
+    let mut stream = stream;
+    if let Some(key) = &limits.access {
+        let checked = tokio::select! {
+            () = shutdown.cancelled() => return ConnectionEnd::Closed,
+            checked = access::check(&mut stream, key) => checked,
+        };
+        if let Err(refusal) = checked {
+            warn!(server = name, %peer, %refusal, "refused a connection");
+            return ConnectionEnd::Unauthorized;
+        }
+    }
     let transport = framed(stream, &limits, WireCodec::server(&limits));
     let mut requests = pin!(BaseChannel::with_defaults(transport).requests());
     let mut in_flight = FuturesUnordered::new();

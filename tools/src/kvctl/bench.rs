@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
+use paxos_log::NetLimits;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::Zipf;
@@ -237,9 +238,10 @@ pub async fn run(
     let show_progress = format == Format::Text;
     let value = vec![b'v'; args.value_size];
     let controllers = file.controller_addrs();
+    let net = file.net();
 
     if !args.no_preload {
-        preload(&controllers, args, &value, timeout, show_progress).await?;
+        preload(&controllers, &net, args, &value, timeout, show_progress).await?;
     }
 
     let duration = Duration::from_secs_f64(args.duration);
@@ -249,9 +251,9 @@ pub async fn run(
     let mut tasks = Vec::new();
     for client in 0..args.clients {
         let (controllers, args, value) = (controllers.clone(), args.clone(), value.clone());
-        let done_ops = Arc::clone(&done_ops);
+        let (done_ops, net) = (Arc::clone(&done_ops), net.clone());
         tasks.push(tokio::spawn(async move {
-            let mut clerk = Clerk::new(controllers, clerk_options(timeout));
+            let mut clerk = Clerk::new(controllers, clerk_options(timeout, net));
             run_client(&mut clerk, &args, client, &value, end, &done_ops).await
         }));
     }
@@ -271,6 +273,7 @@ pub async fn run(
 /// Writes every key once, `args.clients` at a time.
 async fn preload(
     controllers: &[std::net::SocketAddr],
+    net: &NetLimits,
     args: &BenchArgs,
     value: &[u8],
     timeout: Duration,
@@ -288,15 +291,16 @@ async fn preload(
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..args.clients {
-        let (controllers, value, next, bar) = (
+        let (controllers, value, next, bar, net) = (
             controllers.to_vec(),
             value.to_vec(),
             Arc::clone(&next),
             bar.clone(),
+            net.clone(),
         );
         let keys = args.keys;
         tasks.push(tokio::spawn(async move {
-            let mut clerk = Clerk::new(controllers, clerk_options(timeout));
+            let mut clerk = Clerk::new(controllers, clerk_options(timeout, net));
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= keys {

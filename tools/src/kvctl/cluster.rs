@@ -176,7 +176,17 @@ pub(super) fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let temp = path.with_extension("toml.tmp");
     let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&temp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Owner only: the cluster file and every kvd.toml hold the
+        // cluster's secret.
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        // A temporary file left by a crash keeps its mode through `open`.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         file.write_all(text.as_bytes())?;
         file.sync_all()
     };
@@ -493,6 +503,7 @@ pub(super) async fn wait_listening(
 pub fn admin_clerk(file: &ClusterFile, timeout: Duration) -> ControllerClerk {
     let options = AdminOptions {
         deadline: timeout,
+        net: file.net(),
         ..AdminOptions::new(controller::unique_client_id())
     };
     ControllerClerk::new(file.controller_addrs(), options)
@@ -623,21 +634,21 @@ async fn group_statuses(file: &ClusterFile) -> Vec<(&ClusterNode, Result<Replica
         .nodes
         .iter()
         .filter(|n| n.role == Role::Group)
-        .map(|node| async move { (node, group_status(node.client_addr).await) });
+        .map(|node| async move { (node, group_status(node.client_addr, file).await) });
     futures::future::join_all(calls).await
 }
 
 /// Connection limits for status calls: a down node must not hold up the
 /// table.
-fn status_net() -> NetLimits {
+fn status_net(file: &ClusterFile) -> NetLimits {
     NetLimits {
         connect_timeout: STATUS_TIMEOUT,
-        ..NetLimits::default()
+        ..file.net()
     }
 }
 
-async fn group_status(addr: SocketAddr) -> Result<ReplicaStatus, String> {
-    let client = shardkv::rpc::connect(addr, &status_net())
+async fn group_status(addr: SocketAddr, file: &ClusterFile) -> Result<ReplicaStatus, String> {
+    let client = shardkv::rpc::connect(addr, &status_net(file))
         .await
         .map_err(|e| format!("unreachable: {e}"))?;
     match client.status(context_within(STATUS_TIMEOUT)).await {
@@ -647,8 +658,11 @@ async fn group_status(addr: SocketAddr) -> Result<ReplicaStatus, String> {
     }
 }
 
-async fn controller_status(addr: SocketAddr) -> Result<ControllerStatus, String> {
-    let client = controller::clerk::connect(addr, &status_net())
+async fn controller_status(
+    addr: SocketAddr,
+    file: &ClusterFile,
+) -> Result<ControllerStatus, String> {
+    let client = controller::clerk::connect(addr, &status_net(file))
         .await
         .map_err(|e| format!("unreachable: {e}"))?;
     client
@@ -733,9 +747,10 @@ pub(super) fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
 async fn status(at: &Location) -> anyhow::Result<Reply> {
     let dir = &at.dir;
     let file = ClusterFile::load(&at.file)?;
+    let file_ref = &file;
     let controller_calls = file
         .controllers()
-        .map(|node| async move { (node, controller_status(node.client_addr).await) });
+        .map(|node| async move { (node, controller_status(node.client_addr, file_ref).await) });
     let controllers = futures::future::join_all(controller_calls).await;
     let groups = group_statuses(&file).await;
     let mut admin = admin_clerk(&file, Duration::from_secs(3));

@@ -71,7 +71,7 @@ pub async fn add_replica(
         )?;
     }
     write_atomically(&at.file, &file.to_toml())?;
-    set_peers(&members, &members).await;
+    set_peers(&members, &members, &file.net()).await;
 
     if running_pid(&dir, &node).is_none() {
         let (program, as_kvd) = kvd_program(None)?;
@@ -79,7 +79,7 @@ pub async fn add_replica(
         wait_listening(&dir, &mut started, Instant::now() + Duration::from_secs(30)).await?;
     }
     let ids: Vec<u64> = members.iter().map(|n| n.node_id).collect();
-    let slot = reconfigure(&members, &ids, timeout).await?;
+    let slot = reconfigure(&members, &ids, &file.net(), timeout).await?;
     let num = set_addresses(&file, gid, &members, timeout).await?;
     Ok(Reply::ok(
         format!(
@@ -116,7 +116,7 @@ pub async fn remove_replica(
     // Every replica, the leaving one included, may lead: ask them all.
     let mut everyone = remaining.clone();
     everyone.push(node.clone());
-    let slot = reconfigure(&everyone, &ids, timeout).await?;
+    let slot = reconfigure(&everyone, &ids, &file.net(), timeout).await?;
     let num = set_addresses(&file, gid, &remaining, timeout).await?;
     if let Some(pid) = running_pid(&dir, &node) {
         signal(pid, "TERM")?;
@@ -137,7 +137,7 @@ pub async fn remove_replica(
         )?;
     }
     write_atomically(&at.file, &file.to_toml())?;
-    set_peers(&remaining, &remaining).await;
+    set_peers(&remaining, &remaining, &file.net()).await;
     Ok(Reply::ok(
         format!(
             "{name} removed from group {gid}: members {ids:?}, in force from slot {slot} \
@@ -171,7 +171,7 @@ fn record_genesis(file: &mut ClusterFile, gid: u64, group: &[ClusterNode]) {
 /// Tells every running replica of `targets` the addresses of `members`
 /// (best effort: a replica that is down reads them from its kvd.toml when
 /// it starts).
-async fn set_peers(targets: &[ClusterNode], members: &[ClusterNode]) {
+async fn set_peers(targets: &[ClusterNode], members: &[ClusterNode], net: &NetLimits) {
     let peers: Vec<PeerAddrs> = members
         .iter()
         .map(|n| PeerAddrs {
@@ -181,8 +181,7 @@ async fn set_peers(targets: &[ClusterNode], members: &[ClusterNode]) {
         })
         .collect();
     for target in targets {
-        let Ok(client) = shardkv::rpc::connect(target.client_addr, &NetLimits::default()).await
-        else {
+        let Ok(client) = shardkv::rpc::connect(target.client_addr, net).await else {
             eprintln!(
                 "{}: not running; it reads its peers from its kvd.toml",
                 target.name
@@ -200,13 +199,17 @@ async fn set_peers(targets: &[ClusterNode], members: &[ClusterNode]) {
 
 /// Asks the group's leader to make `ids` the members; the slot from which
 /// they vote.
-async fn reconfigure(nodes: &[ClusterNode], ids: &[u64], timeout: Duration) -> anyhow::Result<u64> {
+async fn reconfigure(
+    nodes: &[ClusterNode],
+    ids: &[u64],
+    net: &NetLimits,
+    timeout: Duration,
+) -> anyhow::Result<u64> {
     let deadline = Instant::now() + timeout.max(Duration::from_secs(10));
     let mut last = String::from("no replica answered");
     while Instant::now() < deadline {
         for node in nodes {
-            let Ok(client) = shardkv::rpc::connect(node.client_addr, &NetLimits::default()).await
-            else {
+            let Ok(client) = shardkv::rpc::connect(node.client_addr, net).await else {
                 continue;
             };
             match client

@@ -18,7 +18,7 @@ use crate::cluster_file::ClusterFile;
 pub fn clerk(file: &ClusterFile, timeout: Duration) -> Clerk {
     Clerk::new(
         file.controller_addrs(),
-        crate::client::clerk_options(timeout),
+        crate::client::clerk_options(timeout, file.net()),
     )
 }
 

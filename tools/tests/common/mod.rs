@@ -14,6 +14,8 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
+pub mod links;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -180,6 +182,35 @@ impl TestCluster {
             }
         }
         panic!("kvctl cluster up failed: {last}");
+    }
+
+    /// `kvctl cluster init DIR --base-port P ARGS...` on a free port block,
+    /// not started: for tests that change the nodes' files first.
+    /// [`TestCluster::start`] starts it.
+    pub fn init(args: &[&str]) -> TestCluster {
+        let temp = TempDir::new().expect("temp dir");
+        let dir = temp.path().join("cluster");
+        let base_port = free_port_block(node_count(args) * 3);
+        let port = base_port.to_string();
+        let dir_text = dir.to_string_lossy().into_owned();
+        let mut full = vec!["cluster", "init", dir_text.as_str(), "--base-port", &port];
+        full.extend_from_slice(args);
+        ok(&run_kvctl(&full, None, None));
+        TestCluster {
+            file: dir.join("cluster.toml"),
+            dir,
+            temp,
+            base_port,
+        }
+    }
+
+    /// `kvctl cluster up DIR`: starts every node that does not run.
+    pub fn start(&self) {
+        ok(&run_kvctl(
+            &["cluster", "up", &self.dir.to_string_lossy()],
+            None,
+            None,
+        ));
     }
 
     /// Runs `kvctl --cluster FILE ARGS...`.

@@ -1,0 +1,202 @@
+//! Access control on the network transport (`paxos_log::net::access`): a
+//! server with a cluster key lets in only clients that prove the same
+//! cluster id and secret, refuses the rest (logged and counted) and closes
+//! only their connections; the others go on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use paxos_log::net::rpc::PaxosPeerClient;
+use paxos_log::net::{connect, AccessKey, PeerListener, ServerHandle, ServerStats};
+use paxos_log::{
+    ChannelTransport, Config, DriverOptions, MemAcceptorStore, NetLimits, Node, NodeId,
+};
+use tokio::io::AsyncWriteExt;
+
+mod cluster;
+use cluster::LogMachine;
+
+const GROUP: u64 = 42;
+
+fn net(key: Option<AccessKey>) -> NetLimits {
+    NetLimits {
+        access: key,
+        ..NetLimits::default()
+    }
+}
+
+fn key(cluster_id: &str, secret: &[u8]) -> Option<AccessKey> {
+    Some(AccessKey::new(cluster_id, secret.to_vec()).expect("a valid key"))
+}
+
+/// A lone replica n1 of {n1, n2, n3} serving on loopback with `net`.
+async fn lone_replica(net: &NetLimits) -> (Node<LogMachine>, ServerHandle) {
+    let node = Node::start(
+        Config::new(NodeId(1), (1..=3).map(NodeId).collect()),
+        MemAcceptorStore::new(),
+        LogMachine::default(),
+        Arc::new(ChannelTransport::new()),
+        DriverOptions::default(),
+    )
+    .expect("replica starts");
+    let listener = PeerListener::bind(([127, 0, 0, 1], 0).into(), net.clone())
+        .await
+        .expect("bind");
+    let server = listener.start(node.handle(), GROUP);
+    (node, server)
+}
+
+async fn answers(client: &PaxosPeerClient) -> bool {
+    let mut context = tarpc::context::current();
+    context.deadline = Instant::now() + Duration::from_secs(5);
+    client.deliver(context, GROUP, Vec::new()).await.is_ok()
+}
+
+/// Waits (up to 5 s) until the server has refused `count` connections.
+async fn wait_refused(server: &ServerHandle, count: u64) -> ServerStats {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = server.stats();
+        if stats.connections.connections_unauthorized >= count || Instant::now() >= deadline {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_clients_with_the_clusters_id_and_secret_get_in() {
+    let ours = key("kv-ours", b"the secret");
+    let (node, server) = lone_replica(&net(ours.clone())).await;
+    let addr = server.local_addr();
+
+    // The right key: in, and served.
+    let member = connect(addr, &net(ours))
+        .await
+        .expect("the right key gets in");
+    assert!(answers(&member).await);
+
+    // A wrong secret, another cluster: refused, with a message naming what
+    // to fix, each counted.
+    let wrong_secret = connect(addr, &net(key("kv-ours", b"a guess")))
+        .await
+        .expect_err("a wrong secret is refused");
+    assert_eq!(wrong_secret.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(
+        wrong_secret.to_string().contains("wrong cluster secret"),
+        "{wrong_secret}"
+    );
+    let stats = wait_refused(&server, 1).await;
+    assert_eq!(stats.connections.connections_unauthorized, 1, "{stats:?}");
+
+    let other_cluster = connect(addr, &net(key("kv-theirs", b"the secret")))
+        .await
+        .expect_err("another cluster's key is refused");
+    assert_eq!(other_cluster.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(
+        other_cluster.to_string().contains("another cluster"),
+        "{other_cluster}"
+    );
+    wait_refused(&server, 2).await;
+
+    // No key at all: the client's first frame is not a hello; the server
+    // closes the connection and the call fails.
+    let stranger = connect(addr, &net(None))
+        .await
+        .expect("a plain TCP connect succeeds");
+    assert!(
+        !answers(&stranger).await,
+        "a client without the key was served"
+    );
+    wait_refused(&server, 3).await;
+
+    // Raw bytes that start like a hello but stop: refused once the
+    // handshake times out or the stream ends, nothing else disturbed.
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    raw.write_all(b"SKVA\x01\x07kv-o").await.expect("write");
+    raw.shutdown().await.expect("half-close");
+    let stats = wait_refused(&server, 4).await;
+    assert_eq!(stats.connections.connections_unauthorized, 4, "{stats:?}");
+    assert_eq!(stats.connections.connection_panics, 0, "{stats:?}");
+
+    // The member's connection was never disturbed.
+    assert!(answers(&member).await);
+    drop(member);
+    server.shutdown().await;
+    node.stop().expect("replica thread ends cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_key_is_told_when_the_server_has_none() {
+    let (node, server) = lone_replica(&net(None)).await;
+    let refused = connect(server.local_addr(), &net(key("kv-ours", b"s")))
+        .await
+        .expect_err("a server without access control cannot answer the hello");
+    assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(
+        refused.to_string().contains("access handshake"),
+        "{refused}"
+    );
+    server.shutdown().await;
+    node.stop().expect("replica thread ends cleanly");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: cases(64),
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Fuzz target for the server's side of the handshake: whatever bytes
+    /// a stranger sends first (a mangled hello, a hello with a guessed
+    /// secret, junk), the connection is refused and counted, nothing
+    /// panics, and a member's connection is still served.
+    #[test]
+    fn whatever_a_stranger_sends_first_is_refused(
+        junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        prefix_hello in proptest::prelude::any::<bool>(),
+        cut in proptest::prelude::any::<proptest::sample::Index>(),
+    ) {
+        // Half the time the bytes start like a real hello of this cluster,
+        // cut somewhere, with junk after.
+        let hello = b"SKVA\x01\x07kv-ours\x0athe secret";
+        let mut bytes = Vec::new();
+        if prefix_hello {
+            bytes.extend_from_slice(&hello[..cut.index(hello.len())]);
+        }
+        bytes.extend_from_slice(&junk);
+        // The junk may complete the hello (a right guess): not a stranger.
+        proptest::prop_assume!(!bytes.starts_with(hello));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let ours = key("kv-ours", b"the secret");
+            let (node, server) = lone_replica(&net(ours.clone())).await;
+            let addr = server.local_addr();
+            let member = connect(addr, &net(ours)).await.expect("the right key gets in");
+            let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let _ = raw.write_all(&bytes).await;
+            let _ = raw.shutdown().await;
+            let stats = wait_refused(&server, 1).await;
+            assert_eq!(stats.connections.connections_unauthorized, 1, "{bytes:?}: {stats:?}");
+            assert_eq!(stats.connections.connection_panics, 0, "{stats:?}");
+            assert!(answers(&member).await, "the member is still served after {bytes:?}");
+            drop(member);
+            server.shutdown().await;
+            node.stop().expect("replica thread ends cleanly");
+        });
+    }
+}
+
+/// Cases per property: `default`, or `PROPTEST_CASES` when set (for longer
+/// runs: `PROPTEST_CASES=5000 cargo nextest run -p paxos-log --test
+/// net_access`).
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
