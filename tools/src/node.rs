@@ -16,6 +16,15 @@
 //! The signal handlers are installed before the node starts: a SIGTERM
 //! during a long start (WAL replay, opening the store) is held, not fatal,
 //! and stops the node cleanly as soon as it has started.
+//!
+//! A replica whose storage fails (a full disk, an I/O error, a failed
+//! fsync) stops taking part at once: after a failed write or fsync nothing
+//! it holds in memory can be trusted to be on disk. kvd then stops too,
+//! exiting 1 with the cause and the fix, rather than lingering as a node
+//! that answers nothing: once space is back, starting it again recovers
+//! from its own disk (a partly written record is cut off) and catches up
+//! from its group. Nothing acknowledged is lost: a write is acknowledged
+//! only after a majority fsync'd it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -99,14 +108,24 @@ fn run(node: NodeConfig, name: String) -> anyhow::Result<()> {
         match node {
             NodeConfig::Controller(config) => {
                 let (id, addr) = (config.node_id, config.members[&config.node_id].client);
+                let data_dir = config.data_dir.clone();
                 let server = ControllerServer::start(config)
                     .await
                     .context("starting the controller replica")?;
                 info!(node = %id, %addr, "controller replica serving");
                 println!("ready");
-                stop.recv().await;
+                let handle = server.node_handle();
+                let failed = tokio::select! {
+                    () = stop.recv() => None,
+                    reason = storage_failure(|| {
+                        handle.metrics().failed.then(|| LOG_FAILED.to_string())
+                    }) => Some(reason),
+                };
                 info!("stopping");
                 server.shutdown().await;
+                if let Some(reason) = failed {
+                    return Err(stopped_on_failure(&reason, &data_dir));
+                }
             }
             NodeConfig::Group(node) => run_group(node, name, stop).await?,
         }
@@ -147,7 +166,7 @@ async fn run_group(node: GroupNode, name: String, mut stop: StopSignals) -> anyh
             gid,
             node_id: id.0,
         };
-        let metrics = match NodeMetrics::new(probe.clone(), data_dir, &identity) {
+        let metrics = match NodeMetrics::new(probe.clone(), data_dir.clone(), &identity) {
             Ok(metrics) => Arc::new(metrics),
             Err(err) => {
                 server.shutdown().await;
@@ -163,7 +182,17 @@ async fn run_group(node: GroupNode, name: String, mut stop: StopSignals) -> anyh
         gateway = Some((stop, task));
     }
     println!("ready");
-    stop.recv().await;
+    let probe = server.probe();
+    let failed = tokio::select! {
+        () = stop.recv() => None,
+        reason = storage_failure(|| {
+            if probe.node_metrics().failed {
+                return Some(LOG_FAILED.to_string());
+            }
+            // Already worded: "the replica's state machine store failed: ...".
+            probe.group_view().1
+        }) => Some(reason),
+    };
     info!("stopping");
     if let Some((stop_http, mut task)) = gateway {
         let _ = stop_http.send(());
@@ -183,7 +212,39 @@ async fn run_group(node: GroupNode, name: String, mut stop: StopSignals) -> anyh
         }
     }
     server.shutdown().await;
-    Ok(())
+    match failed {
+        Some(reason) => Err(stopped_on_failure(&reason, &data_dir)),
+        None => Ok(()),
+    }
+}
+
+/// How often a running node checks whether its replica stopped on a
+/// storage failure.
+const FAILURE_POLL: Duration = Duration::from_millis(200);
+
+/// What a node whose replicated log stopped says (the driver logged the
+/// cause just before).
+const LOG_FAILED: &str =
+    "the replicated log's storage failed (the cause is logged above: a full disk, an I/O error)";
+
+/// Resolves with the reason once `failure` reports one.
+async fn storage_failure(failure: impl Fn() -> Option<String>) -> String {
+    loop {
+        if let Some(reason) = failure() {
+            return reason;
+        }
+        tokio::time::sleep(FAILURE_POLL).await;
+    }
+}
+
+/// The error kvd exits with after its replica's storage failed.
+fn stopped_on_failure(reason: &str, data_dir: &std::path::Path) -> anyhow::Error {
+    error!(%reason, "stopping the node: its replica cannot go on");
+    anyhow::anyhow!(
+        "{reason}; the node stopped. Free disk space (or repair the disk) under {} and start \
+         the node again: it recovers from its own disk and catches up with its group",
+        data_dir.display()
+    )
 }
 
 /// SIGTERM and SIGINT, caught from [`StopSignals::listen`] on: a signal
