@@ -49,7 +49,7 @@ pub use crate::driver::{DriverOptions, Node, NodeError, NodeHandle, NodeMetrics,
 pub use crate::error::{ConfigError, ProposeError};
 pub use crate::membership::Membership;
 pub use crate::message::{Envelope, Message, PromisedSlot, SlotValue};
-pub use crate::net::{NetLimits, TarpcTransport};
+pub use crate::net::{NetLimits, TarpcTransport, TlsConfig};
 pub use crate::ready::{PersistOp, ReadReady, Ready};
 pub use crate::state_machine::{SharedStateMachine, StateMachine};
 pub use crate::store::{AcceptorStore, MemAcceptorStore, RecoveredState, WalAcceptorStore};

@@ -76,6 +76,14 @@ pub struct ClusterFile {
     /// The shared secret (hex) every connection proves it knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Mutual TLS on every connection, with the certificates under
+    /// `DIR/tls` and `DIR/NODE/tls` (`kvctl cluster init --tls`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    /// kvctl's TLS settings, read from `DIR/tls` by [`ClusterFile::load`]
+    /// (not part of the file).
+    #[serde(skip)]
+    pub tls_config: Option<paxos_log::TlsConfig>,
     /// Each group's first members (gid as text -> node ids), recorded once
     /// `admin add-replica` or `remove-replica` changed the group: the
     /// replicated log's genesis configuration must stay what it was.
@@ -112,6 +120,8 @@ pub struct Shape {
     pub shards: u32,
     /// First port.
     pub base_port: u16,
+    /// Mutual TLS on every connection.
+    pub tls: bool,
 }
 
 impl ClusterFile {
@@ -183,6 +193,8 @@ impl ClusterFile {
             shards: shape.shards,
             cluster_id: Some(cluster_id),
             secret: Some(secret),
+            tls: shape.tls,
+            tls_config: None,
             genesis: BTreeMap::new(),
             retired: BTreeMap::new(),
             nodes,
@@ -203,10 +215,25 @@ impl ClusterFile {
                  or point at one with --cluster FILE or KV_CLUSTER)"
             ))
         })?;
-        let file: ClusterFile =
+        let mut file: ClusterFile =
             toml::from_str(&text).map_err(|e| error(e.to_string().trim_end().to_string()))?;
         file.check().map_err(error)?;
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        file.load_tls(dir).map_err(error)?;
         Ok(file)
+    }
+
+    /// Reads kvctl's TLS settings from `dir/tls` if the cluster has TLS.
+    pub fn load_tls(&mut self, dir: &Path) -> Result<(), String> {
+        if self.tls {
+            let tls = dir.join("tls");
+            self.tls_config = Some(paxos_log::TlsConfig::load(
+                &tls.join("ca.pem"),
+                &tls.join("client.pem"),
+                &tls.join("client-key.pem"),
+            )?);
+        }
+        Ok(())
     }
 
     /// The file's text (with a header comment).
@@ -227,6 +254,7 @@ impl ClusterFile {
             access: crate::access::access_key(self.cluster_id.as_deref(), self.secret.as_deref())
                 .ok()
                 .flatten(),
+            tls: self.tls_config.clone(),
             ..paxos_log::NetLimits::default()
         }
     }
@@ -413,6 +441,12 @@ impl ClusterFile {
         if let (Some(id), Some(secret)) = (&self.cluster_id, &self.secret) {
             let _ = writeln!(text, "cluster_id = \"{id}\"\nsecret = \"{secret}\"");
         }
+        if self.tls {
+            let _ = writeln!(
+                text,
+                "tls_ca = \"tls/ca.pem\"\ntls_cert = \"tls/node.pem\"\ntls_key = \"tls/node-key.pem\""
+            );
+        }
         match node.role {
             Role::Controller => {
                 let _ = writeln!(text, "initial_shards = {}", self.shards);
@@ -461,6 +495,7 @@ mod tests {
             replicas: 3,
             shards: 8,
             base_port: 7400,
+            tls: false,
         }
     }
 

@@ -14,6 +14,9 @@
 //! initial_shards = 8              # role = "controller" only: shards of configuration 0
 //! cluster_id = "kv-1f0c9d2e7a4b3c5d" # optional: with `secret`, every connection to and
 //! secret = "9a3e...(64 hex digits)"  # from this node must prove it belongs to the cluster
+//! tls_ca = "tls/ca.pem"           # optional, all three or none: mutual TLS on every
+//! tls_cert = "tls/node.pem"       # connection (the cluster's CA, this node's certificate
+//! tls_key = "tls/node-key.pem"    # and key; relative to this file's directory)
 //!
 //! genesis_members = [1, 2, 3]     # optional: the group's first members (default: every
 //!                                 # `[[members]]` entry); set once a replica was added or removed
@@ -43,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use controller::{ControllerServerConfig, MemberAddrs};
-use paxos_log::{DriverOptions, NetLimits, NodeId};
+use paxos_log::{DriverOptions, NetLimits, NodeId, TlsConfig};
 use serde::{Deserialize, Serialize};
 use shardkv::{Limits, ShardKvServerConfig};
 
@@ -123,6 +126,13 @@ pub struct KvdConfig {
     /// The cluster's shared secret, in hex (access control, with
     /// `cluster_id`).
     pub secret: Option<String>,
+    /// The cluster's CA certificate (mutual TLS, with `tls_cert` and
+    /// `tls_key`).
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key.
+    pub tls_key: Option<PathBuf>,
     /// Shards of configuration 0 (role = "controller").
     pub initial_shards: Option<u32>,
     /// Every replica of its group.
@@ -271,11 +281,28 @@ impl KvdConfig {
                 path: path.to_path_buf(),
                 reason,
             })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => Some(
+                TlsConfig::load(&base.join(ca), &base.join(cert), &base.join(key)).map_err(
+                    |reason| ConfigError {
+                        path: path.to_path_buf(),
+                        reason,
+                    },
+                )?,
+            ),
+            _ => {
+                return fail(
+                    "`tls_ca`, `tls_cert` and `tls_key` go together: set all three or none".into(),
+                )
+            }
+        };
         let net = NetLimits {
             access,
+            tls,
             ..NetLimits::default()
         };
-        let base = path.parent().unwrap_or_else(|| Path::new("."));
         let data_dir = base.join(&self.data_dir);
         match self.role {
             Role::Controller => {

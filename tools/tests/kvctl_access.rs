@@ -112,3 +112,52 @@ fn strangers_are_refused_and_told_why() {
     assert!(logs.contains("no access handshake"), "{logs}");
     assert_eq!(ok(&cluster.kvctl(&["get", "a"])).trim(), "1");
 }
+
+#[test]
+fn a_tls_cluster_serves_its_clients_and_refuses_plaintext_ones() {
+    let cluster = TestCluster::up(&["--controllers", "1", "--groups", "1", "--tls"]);
+    ok(&cluster.kvctl(&["put", "a", "1"]));
+    assert_eq!(ok(&cluster.kvctl(&["get", "a"])).trim(), "1");
+    // Every party has its files, readable by their owner only.
+    for file in [
+        cluster.dir.join("tls").join("ca-key.pem"),
+        cluster.dir.join("tls").join("client-key.pem"),
+        cluster.dir.join("g1-n2").join("tls").join("node-key.pem"),
+    ] {
+        let mode = std::fs::metadata(&file)
+            .expect("TLS file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    }
+    // A client with the right id and secret but no TLS: refused.
+    let plaintext = edited_copy(&cluster, "plaintext.toml", |t| {
+        t.replace("tls = true\n", "")
+    });
+    let out = run_kvctl(&["--cluster", &plaintext, "get", "a"], None, None);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("access denied"), "{}", stderr(&out));
+    let logs = node_logs(&cluster);
+    assert!(logs.contains("TLS handshake failed"), "{logs}");
+    // A group added later gets certificates from the same CA and serves.
+    ok(&cluster.kvctl(&["cluster", "add-group"]));
+    ok(&cluster.kvctl(&["admin", "join", "2"]));
+    ok(&cluster.kvctl(&["put", "b", "2"]));
+    assert_eq!(ok(&cluster.kvctl(&["get", "b"])).trim(), "2");
+    let status = ok(&cluster.kvctl(&["-o", "json", "cluster", "status"]));
+    let status: serde_json::Value = serde_json::from_str(status.trim()).expect("JSON");
+    let group_2: Vec<&serde_json::Value> = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["gid"] == 2)
+        .collect();
+    assert_eq!(group_2.len(), 3, "{status}");
+    for node in group_2 {
+        assert!(
+            node["state"] == "leader" || node["state"] == "follower",
+            "{node}"
+        );
+    }
+    assert_eq!(ok(&cluster.kvctl(&["get", "a"])).trim(), "1");
+}

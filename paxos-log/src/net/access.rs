@@ -28,8 +28,7 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The hello's first bytes.
 const MAGIC: &[u8; 4] = b"SKVA";
@@ -132,9 +131,14 @@ impl Refusal {
 /// Client side: sends the hello on a new connection and waits for the
 /// server's answer. A refusal is [`io::ErrorKind::PermissionDenied`] with
 /// a message that says what to fix.
-pub async fn offer(stream: &mut TcpStream, key: &AccessKey) -> io::Result<()> {
+pub async fn offer<S>(stream: &mut S, key: &AccessKey) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let exchange = async {
         stream.write_all(&key.hello()).await?;
+        // TLS buffers what is written until flushed.
+        stream.flush().await?;
         stream.read_u8().await
     };
     let status = match tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange).await {
@@ -174,18 +178,28 @@ pub async fn offer(stream: &mut TcpStream, key: &AccessKey) -> io::Result<()> {
 /// Server side: reads a client's hello and answers it. `Ok` lets the
 /// connection go on to its RPC frames; a refusal has been answered (as far
 /// as the client still listens) and the caller closes the connection.
-pub async fn check(stream: &mut TcpStream, key: &AccessKey) -> Result<(), Refusal> {
+pub async fn check<S>(stream: &mut S, key: &AccessKey) -> Result<(), Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let verdict = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_hello(stream, key)).await {
         Ok(verdict) => verdict,
         Err(_) => Err(Refusal::NotAHello("no hello in time".to_string())),
     };
     let status = verdict.as_ref().map_or_else(Refusal::status, |()| 0);
     // A client that is gone cannot be answered; the verdict stands.
-    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_u8(status)).await;
+    let answer = async {
+        stream.write_u8(status).await?;
+        stream.flush().await
+    };
+    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, answer).await;
     verdict
 }
 
-async fn read_hello(stream: &mut TcpStream, key: &AccessKey) -> Result<(), Refusal> {
+async fn read_hello<S>(stream: &mut S, key: &AccessKey) -> Result<(), Refusal>
+where
+    S: AsyncRead + Unpin,
+{
     let broken = |cause: io::Error| Refusal::NotAHello(cause.to_string());
     let mut head = [0u8; 6];
     stream.read_exact(&mut head).await.map_err(broken)?;

@@ -19,6 +19,8 @@ use tarpc::tokio_util::bytes::{Bytes, BytesMut};
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
 use tokio::net::TcpStream;
 
+use crate::net::tls::NetStream;
+
 use crate::net::NetLimits;
 
 /// Bytes of a request frame beyond its envelopes: tarpc's request header
@@ -138,10 +140,10 @@ where
 /// Frames `stream` for tarpc: length-delimited with the frame limit, then
 /// bincode through `codec`.
 pub fn framed<Item, SinkItem>(
-    stream: TcpStream,
+    stream: NetStream,
     limits: &NetLimits,
     codec: WireCodec,
-) -> Transport<TcpStream, Item, SinkItem, WireCodec>
+) -> Transport<NetStream, Item, SinkItem, WireCodec>
 where
     Item: for<'de> Deserialize<'de>,
     SinkItem: Serialize,
@@ -159,7 +161,7 @@ where
 pub async fn connect_framed<Item, SinkItem>(
     addr: SocketAddr,
     limits: &NetLimits,
-) -> io::Result<Transport<TcpStream, Item, SinkItem, WireCodec>>
+) -> io::Result<Transport<NetStream, Item, SinkItem, WireCodec>>
 where
     Item: for<'de> Deserialize<'de>,
     SinkItem: Serialize,
@@ -169,7 +171,13 @@ where
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     // Small request/response frames: latency matters more than packing.
     let _ = stream.set_nodelay(true);
-    let mut stream = stream;
+    let mut stream = match &limits.tls {
+        None => NetStream::Plain(stream),
+        Some(tls) => tokio::time::timeout(limits.connect_timeout, tls.connect(stream))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+            .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?,
+    };
     if let Some(key) = &limits.access {
         crate::net::access::offer(&mut stream, key)
             .await

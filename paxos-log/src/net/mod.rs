@@ -51,7 +51,9 @@
 //! With an [`AccessKey`] in [`NetLimits::access`], every connection opens
 //! with a hello carrying the cluster id and secret, checked by the server
 //! before any frame is read ([`access`]); a wrong or missing hello closes
-//! that connection only, and the client is told why.
+//! that connection only, and the client is told why. With a [`TlsConfig`]
+//! in [`NetLimits::tls`], a mutual TLS handshake comes first ([`tls`]) and
+//! everything after it, the hello included, is encrypted.
 //!
 //! # Frames and bad input
 //!
@@ -83,12 +85,14 @@ pub mod codec;
 pub mod rpc;
 mod server;
 pub mod service;
+pub mod tls;
 
 use std::time::Duration;
 
 pub use self::access::AccessKey;
 pub use self::client::{connect, TarpcTransport, TransportStats};
 pub use self::server::{PeerListener, ServerHandle, ServerStats};
+pub use self::tls::{NetStream, TlsConfig};
 
 /// Default [`NetLimits::max_frame_bytes`]: 16 MiB.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
@@ -128,6 +132,9 @@ pub struct NetLimits {
     /// every connection with the [`access`] handshake and a server refuses
     /// connections that do not (see the module). `None`: no handshake.
     pub access: Option<AccessKey>,
+    /// Both sides: mutual TLS with the cluster's CA ([`tls`]). `None`:
+    /// plaintext.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for NetLimits {
@@ -145,6 +152,7 @@ impl Default for NetLimits {
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
             access: None,
+            tls: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //!                                  │ no
 //!                                  ▼
 //!        one task per connection (JoinSet)
+//!          ├── with TLS: handshake failed? ──► log, close, count unauthorized
 //!          ├── with an access key: hello refused? ──► log, close, count unauthorized
 //!          │   (crate::net::access)
 //!          ▼
@@ -54,6 +55,7 @@ use tracing::{debug, error, warn};
 
 use crate::net::access;
 use crate::net::codec::{framed, WireCodec};
+use crate::net::tls::NetStream;
 use crate::net::NetLimits;
 
 /// Pause after a failed `accept` (say, out of file descriptors), so the
@@ -305,7 +307,26 @@ where
 {
     // Latency matters more than packet count for small protocol messages.
     let _ = stream.set_nodelay(true);
-    let mut stream = stream;
+    let mut stream = match &limits.tls {
+        None => NetStream::Plain(stream),
+        Some(tls) => {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => return ConnectionEnd::Closed,
+                accepted = tokio::time::timeout(access::HANDSHAKE_TIMEOUT, tls.accept(stream)) => accepted,
+            };
+            match accepted {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(cause)) => {
+                    warn!(server = name, %peer, %cause, "refused a connection: TLS handshake failed");
+                    return ConnectionEnd::Unauthorized;
+                }
+                Err(_) => {
+                    warn!(server = name, %peer, "refused a connection: no TLS handshake in time");
+                    return ConnectionEnd::Unauthorized;
+                }
+            }
+        }
+    };
     if let Some(key) = &limits.access {
         let checked = tokio::select! {
             () = shutdown.cancelled() => return ConnectionEnd::Closed,

@@ -179,6 +179,11 @@ pub struct ShapeArgs {
     /// First port; each node takes three (peer, client, HTTP) from here on.
     #[arg(long, default_value_t = 7400)]
     pub base_port: u16,
+    /// Mutual TLS on every connection: makes a certificate authority for
+    /// the cluster and a certificate for kvctl and for every node (under
+    /// DIR/tls and DIR/NODE/tls).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// `kvctl cluster up`.

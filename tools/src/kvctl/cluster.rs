@@ -83,6 +83,7 @@ fn shape(args: &ShapeArgs) -> Shape {
         replicas: args.replicas,
         shards: args.shards,
         base_port: args.base_port,
+        tls: args.tls,
     }
 }
 
@@ -154,8 +155,12 @@ pub fn init(at: &Location, shape: Shape) -> anyhow::Result<ClusterFile> {
             path.display()
         );
     }
-    let file = ClusterFile::generate(shape).map_err(anyhow::Error::msg)?;
+    let mut file = ClusterFile::generate(shape).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if file.tls {
+        super::tls::create_cluster_tls(dir, &file)?;
+        file.load_tls(dir).map_err(anyhow::Error::msg)?;
+    }
     for node in &file.nodes {
         write_atomically(&node_dir(dir, node).join(KVD_FILE), &file.kvd_toml(node))?;
     }
@@ -441,6 +446,7 @@ async fn add_group(args: &AddGroupArgs, cluster_flag: Option<&Path>) -> anyhow::
         ensure_ports_free(node)?;
     }
     for node in &new {
+        super::tls::ensure_node_tls(&dir, &file, node)?;
         write_atomically(&node_dir(&dir, node).join(KVD_FILE), &file.kvd_toml(node))?;
     }
     write_atomically(&path, &file.to_toml())?;

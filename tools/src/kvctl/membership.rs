@@ -65,6 +65,7 @@ pub async fn add_replica(
     };
     let members = group_nodes(&file, gid)?;
     for member in &members {
+        super::tls::ensure_node_tls(&dir, &file, member)?;
         write_atomically(
             &node_dir(&dir, member).join(KVD_FILE),
             &file.kvd_toml(member),

@@ -20,6 +20,7 @@ pub mod membership;
 pub mod ops;
 pub mod shell;
 pub mod snapshot;
+pub mod tls;
 pub mod wal;
 
 use std::io::Write;
