@@ -307,6 +307,61 @@ pub fn check(history: &[Operation], options: &CheckOptions) -> Verdict {
     undecided.unwrap_or(Verdict::Linearizable)
 }
 
+/// The shortest prefix of `history` that is already not linearizable, for
+/// a failure report: the operations called before some instant, those still
+/// in flight then counting as indeterminate (they were). A violation in a
+/// prefix is a violation of the whole history (any linearization of the
+/// whole, cut at that instant, would linearize the prefix), and the prefix
+/// ends right where the history went wrong, so its last operations are the
+/// ones to read. Unlike dropping operations from the middle, cutting in
+/// time never invents a violation: a prefix is what the store had really
+/// answered by then.
+///
+/// `None` if the whole history is linearizable or undecided. Binary search
+/// over the call order: about log2(n) checks.
+pub fn shortest_failing_prefix(
+    history: &[Operation],
+    options: &CheckOptions,
+) -> Option<Vec<Operation>> {
+    let mut ordered: Vec<&Operation> = history.iter().collect();
+    ordered.sort_by_key(|op| op.call_ns);
+    let fails = |len: usize| -> bool {
+        let prefix = prefix_of(&ordered, len);
+        matches!(check(&prefix, options), Verdict::NotLinearizable { .. })
+    };
+    if !fails(ordered.len()) {
+        return None;
+    }
+    // Invariant: prefixes of `high` operations fail, of `low` do not.
+    let (mut low, mut high) = (0, ordered.len());
+    while high - low > 1 {
+        let middle = low + (high - low) / 2;
+        if fails(middle) {
+            high = middle;
+        } else {
+            low = middle;
+        }
+    }
+    Some(prefix_of(&ordered, high))
+}
+
+/// The first `len` operations of `ordered` (sorted by call time) as the
+/// history stood just before the next one was called: an operation that
+/// had not returned by then is indeterminate.
+fn prefix_of(ordered: &[&Operation], len: usize) -> Vec<Operation> {
+    let cut_ns = ordered.get(len).map_or(u64::MAX, |next| next.call_ns);
+    ordered[..len]
+        .iter()
+        .map(|&op| {
+            let mut op = op.clone();
+            if matches!(op.outcome, Outcome::Returned { return_ns, .. } if return_ns >= cut_ns) {
+                op.outcome = Outcome::Indeterminate;
+            }
+            op
+        })
+        .collect()
+}
+
 /// Records a history from concurrent clients, for [`check`]. Clones share
 /// the same history and clock (an [`Instant`] taken in [`Recorder::new`]).
 #[derive(Debug, Clone)]
@@ -1401,6 +1456,43 @@ mod tests {
                 return_ns: ret,
             },
         }
+    }
+
+    #[test]
+    fn the_shortest_failing_prefix_ends_at_the_violation() {
+        // A register: puts and reads in turn, one client after another; the
+        // read at position 41 sees a value never written.
+        let mut history = Vec::new();
+        for i in 0..100u64 {
+            let value = format!("v{}", i / 2);
+            let (call, ret) = (i * 10, i * 10 + 5);
+            history.push(if i % 2 == 0 {
+                op(i, "k", KvInput::Put(b(&value)), call, ret, KvOutput::Done)
+            } else if i == 41 {
+                get(i, "k", call, ret, Some("forged"))
+            } else {
+                get(i, "k", call, ret, Some(&value))
+            });
+        }
+        let prefix = shortest_failing_prefix(&history, &options()).expect("not linearizable");
+        assert_eq!(prefix.len(), 42, "{prefix:?}");
+        assert_eq!(prefix.last().map(|op| op.client), Some(41));
+        assert!(matches!(
+            check(&prefix, &options()),
+            Verdict::NotLinearizable { .. }
+        ));
+        // Operations in flight at the cut count as indeterminate.
+        let slow = vec![
+            op(1, "k", KvInput::Put(b("a")), 0, 100, KvOutput::Done),
+            get(2, "k", 10, 20, Some("b")),
+            get(3, "k", 30, 40, Some("a")),
+        ];
+        let prefix = shortest_failing_prefix(&slow, &options()).expect("not linearizable");
+        assert_eq!(prefix.len(), 2);
+        assert_eq!(prefix[0].outcome, Outcome::Indeterminate);
+        // Linearizable histories have none.
+        history[41] = get(41, "k", 410, 415, Some("v20"));
+        assert_eq!(shortest_failing_prefix(&history, &options()), None);
     }
 
     fn unknown(client: u64, key: &str, input: KvInput, call: u64) -> Operation {

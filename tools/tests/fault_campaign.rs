@@ -26,9 +26,11 @@
 //!   appends whose outcome was unknown (the lost-write check);
 //! * every torn tail must have been cut off by the node's recovery.
 //!
-//! A failure prints the seed, the faults with their times, and the
-//! checker's explanation (the operations around the first one that cannot
-//! be placed). The seed fixes the fault schedule and the clients' choices;
+//! A failure prints the seed, the faults with their times, the checker's
+//! explanation (the operations around the first one that cannot be
+//! placed), and the shortest prefix of the offending key's history that is
+//! already not linearizable (`shortest_failing_prefix`: cut in time, so
+//! it is a real state of the store, ending where it went wrong). The seed fixes the fault schedule and the clients' choices;
 //! timing still varies between runs, as it does for any test of processes.
 //!
 //! Why a torn tail is *appended*, not cut into the file: the failure model
@@ -60,7 +62,10 @@ use common::links::Links;
 use common::{run_kvctl, stdout, TestCluster};
 use serde_json::Value;
 use shardkv::{Clerk, ClerkError, ClerkOptions};
-use tests::linearizability::{check, CheckOptions, KvInput, KvOutput, Outcome, Recorder};
+use tests::linearizability::{
+    check, shortest_failing_prefix, CheckOptions, KvInput, KvOutput, Operation, Outcome, Recorder,
+    Verdict,
+};
 use tests::paxos_sim::SimRng;
 
 /// The kinds of fault, in the order a round tries them.
@@ -137,6 +142,8 @@ const KEYS: [&str; 12] = [
 const LEDGERS: [&str; 2] = ["3ledger", "ledger"];
 /// Mixed clients.
 const MIXED_CLIENTS: u64 = 6;
+/// Operations of the shortest failing prefix a failure report lists.
+const SHOWN_PREFIX_OPS: usize = 30;
 /// Operations give up after this long (then they are indeterminate, or
 /// failed when they certainly did not happen).
 const OP_DEADLINE: Duration = Duration::from_secs(8);
@@ -676,21 +683,45 @@ async fn run_campaign(settings: Settings) {
     }
 
     let history = recorder.history();
-    let verdict = tokio::task::spawn_blocking(move || {
-        let verdict = check(
-            &history,
-            &CheckOptions {
-                hash: shardkv::hash::hash_bytes,
-                max_steps_per_key: 20_000_000,
-            },
-        );
-        (verdict, history)
+    let checked = tokio::task::spawn_blocking(move || {
+        let options = CheckOptions {
+            hash: shardkv::hash::hash_bytes,
+            max_steps_per_key: 20_000_000,
+        };
+        let verdict = check(&history, &options);
+        let mut report = None;
+        if let Verdict::NotLinearizable { key, .. } = &verdict {
+            // Where the key's history first went wrong, for the report.
+            let of_key: Vec<Operation> = history
+                .iter()
+                .filter(|op| &op.key == key)
+                .cloned()
+                .collect();
+            report = shortest_failing_prefix(&of_key, &options).map(|prefix| {
+                let shown = prefix.len().min(SHOWN_PREFIX_OPS);
+                let ops: Vec<String> = prefix[prefix.len() - shown..]
+                    .iter()
+                    .map(|op| format!("  {op}"))
+                    .collect();
+                format!(
+                    "the shortest failing prefix of key {}'s history: {} of its {} operations; \
+                     the last {shown}:\n{}\nits verdict: {}",
+                    String::from_utf8_lossy(key),
+                    prefix.len(),
+                    of_key.len(),
+                    ops.join("\n"),
+                    check(&prefix, &options)
+                )
+            });
+        }
+        (verdict, report, history)
     })
     .await
     .expect("checker");
-    let (verdict, history) = verdict;
+    let (verdict, prefix_report, history) = checked;
     if !verdict.is_linearizable() {
         violations.push(verdict.to_string());
+        violations.extend(prefix_report);
     }
     let torn_repairs = count_in_logs(&campaign, "cut off a torn record");
     let elections = count_in_logs(&campaign, "proposer: leader node=");
