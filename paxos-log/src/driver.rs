@@ -174,6 +174,8 @@ pub struct NodeMetrics {
     pub persist_count: u64,
     /// Whether the replica stopped after a storage failure.
     pub failed: bool,
+    /// Why it stopped, when `failed`: the storage error, naming the file.
+    pub failure: Option<String>,
 }
 
 type Reply = oneshot::Sender<Result<Vec<u8>, NodeError>>;
@@ -603,13 +605,13 @@ where
             if let Err(cause) = self.process_ready() {
                 error!(%cause, "storage failed; stopping this replica");
                 self.fail_proposals(&cause);
-                self.publish(true);
+                self.publish(Some(&cause));
                 break;
             }
             if self.replica.role() != Role::Leader {
                 self.fail_proposals("leadership lost before the command was chosen");
             }
-            self.publish(false);
+            self.publish(None);
         }
         self.fail_proposals("replica stopped");
         self.state_machine
@@ -784,6 +786,12 @@ where
         if slot <= self.applied {
             return;
         }
+        if slot == Slot::MAX {
+            // Installing it would compact the log past its last slot (no
+            // next slot exists); no replica ever takes such a snapshot.
+            warn!(%from, "a snapshot at the last possible slot ignored");
+            return;
+        }
         // Checked before the state machine moves (the core would refuse it
         // only after). `None`: from a group that never had a change.
         let membership = received.membership;
@@ -907,7 +915,7 @@ where
         }
     }
 
-    fn publish(&self, failed: bool) {
+    fn publish(&self, failure: Option<&str>) {
         let metrics = NodeMetrics {
             id: self.replica.id(),
             role: Some(self.replica.role()),
@@ -922,7 +930,8 @@ where
             snapshots_installed: self.snapshots_installed,
             pending_proposals: self.proposals.len(),
             persist_count: self.persist_count,
-            failed,
+            failed: failure.is_some(),
+            failure: failure.map(str::to_string),
         };
         self.metrics.send_if_modified(|current| {
             let changed = *current != metrics;

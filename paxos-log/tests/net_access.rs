@@ -127,16 +127,28 @@ async fn only_clients_with_the_clusters_id_and_secret_get_in() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_with_a_key_is_told_when_the_server_has_none() {
+async fn a_connection_that_just_ends_is_retryable_not_a_refusal() {
+    // A server without access control closes on the hello (it is not a
+    // frame); so does a server over its connection limit, or one stopping.
+    // None of them refused the key: clients must try elsewhere, not stop.
     let (node, server) = lone_replica(&net(None)).await;
-    let refused = connect(server.local_addr(), &net(key("kv-ours", b"s")))
+    let closed = connect(server.local_addr(), &net(key("kv-ours", b"s")))
         .await
         .expect_err("a server without access control cannot answer the hello");
-    assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
-    assert!(
-        refused.to_string().contains("access handshake"),
-        "{refused}"
-    );
+    assert_eq!(closed.kind(), std::io::ErrorKind::ConnectionAborted);
+    assert!(closed.to_string().contains("access handshake"), "{closed}");
+    server.shutdown().await;
+    node.stop().expect("replica thread ends cleanly");
+
+    let full = NetLimits {
+        max_connections: 0,
+        ..net(key("kv-ours", b"s"))
+    };
+    let (node, server) = lone_replica(&full).await;
+    let busy = connect(server.local_addr(), &net(key("kv-ours", b"s")))
+        .await
+        .expect_err("no connection is served");
+    assert_ne!(busy.kind(), std::io::ErrorKind::PermissionDenied, "{busy}");
     server.shutdown().await;
     node.stop().expect("replica thread ends cleanly");
 }

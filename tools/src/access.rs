@@ -50,7 +50,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
+    // `from_str_radix` would also take a sign ("+f").
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())
@@ -86,6 +87,9 @@ mod tests {
             .unwrap_err()
             .contains("hex"));
         assert!(access_key(Some("kv-1"), Some("abc"))
+            .unwrap_err()
+            .contains("hex"));
+        assert!(access_key(Some("kv-1"), Some("+f"))
             .unwrap_err()
             .contains("hex"));
         assert!(access_key(Some(""), Some("00")).is_err());

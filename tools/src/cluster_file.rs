@@ -439,7 +439,14 @@ impl ClusterFile {
         let _ = writeln!(text, "peer_addr = \"{}\"", node.peer_addr);
         let _ = writeln!(text, "client_addr = \"{}\"", node.client_addr);
         if let (Some(id), Some(secret)) = (&self.cluster_id, &self.secret) {
-            let _ = writeln!(text, "cluster_id = \"{id}\"\nsecret = \"{secret}\"");
+            // As TOML strings: a hand-edited value cannot break the file.
+            let quoted = |v: &str| toml::Value::String(v.to_string()).to_string();
+            let _ = writeln!(
+                text,
+                "cluster_id = {}\nsecret = {}",
+                quoted(id),
+                quoted(secret)
+            );
         }
         if self.tls {
             let _ = writeln!(

@@ -117,9 +117,7 @@ fn run(node: NodeConfig, name: String) -> anyhow::Result<()> {
                 let handle = server.node_handle();
                 let failed = tokio::select! {
                     () = stop.recv() => None,
-                    reason = storage_failure(|| {
-                        handle.metrics().failed.then(|| LOG_FAILED.to_string())
-                    }) => Some(reason),
+                    reason = storage_failure(|| log_failure(&handle.metrics())) => Some(reason),
                 };
                 info!("stopping");
                 server.shutdown().await;
@@ -186,8 +184,8 @@ async fn run_group(node: GroupNode, name: String, mut stop: StopSignals) -> anyh
     let failed = tokio::select! {
         () = stop.recv() => None,
         reason = storage_failure(|| {
-            if probe.node_metrics().failed {
-                return Some(LOG_FAILED.to_string());
+            if let Some(reason) = log_failure(&probe.node_metrics()) {
+                return Some(reason);
             }
             // Already worded: "the replica's state machine store failed: ...".
             probe.group_view().1
@@ -222,10 +220,13 @@ async fn run_group(node: GroupNode, name: String, mut stop: StopSignals) -> anyh
 /// storage failure.
 const FAILURE_POLL: Duration = Duration::from_millis(200);
 
-/// What a node whose replicated log stopped says (the driver logged the
-/// cause just before).
-const LOG_FAILED: &str =
-    "the replicated log's storage failed (the cause is logged above: a full disk, an I/O error)";
+/// Why the replicated log stopped, if it did.
+fn log_failure(metrics: &paxos_log::NodeMetrics) -> Option<String> {
+    metrics.failed.then(|| {
+        let cause = metrics.failure.as_deref().unwrap_or("see the error above");
+        format!("the replicated log stopped: {cause}")
+    })
+}
 
 /// Resolves with the reason once `failure` reports one.
 async fn storage_failure(failure: impl Fn() -> Option<String>) -> String {
@@ -241,8 +242,9 @@ async fn storage_failure(failure: impl Fn() -> Option<String>) -> String {
 fn stopped_on_failure(reason: &str, data_dir: &std::path::Path) -> anyhow::Error {
     error!(%reason, "stopping the node: its replica cannot go on");
     anyhow::anyhow!(
-        "{reason}; the node stopped. Free disk space (or repair the disk) under {} and start \
-         the node again: it recovers from its own disk and catches up with its group",
+        "{reason}; the node stopped. Remove the cause (if the disk under {} is full, free \
+         space; if it failed, repair it) and start the node again: it recovers from its own \
+         disk and catches up with its group",
         data_dir.display()
     )
 }

@@ -137,8 +137,24 @@ fn a_tls_cluster_serves_its_clients_and_refuses_plaintext_ones() {
     let out = run_kvctl(&["--cluster", &plaintext, "get", "a"], None, None);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("access denied"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("requires TLS"), "{}", stderr(&out));
     let logs = node_logs(&cluster);
-    assert!(logs.contains("TLS handshake failed"), "{logs}");
+    assert!(logs.contains("this cluster requires TLS"), "{logs}");
+    // A replica added later gets a certificate from the same CA, catches
+    // up and votes; one removed loses its key.
+    let added = ok(&cluster.kvctl(&["-o", "json", "admin", "add-replica", "1", "g1-n4"]));
+    let added: serde_json::Value = serde_json::from_str(added.trim()).expect("JSON");
+    assert_eq!(added["members"], serde_json::json!([1, 2, 3, 4]), "{added}");
+    assert!(cluster
+        .dir
+        .join("g1-n4")
+        .join("tls")
+        .join("node-key.pem")
+        .is_file());
+    ok(&cluster.kvctl(&["put", "c", "3"]));
+    ok(&cluster.kvctl(&["admin", "remove-replica", "1", "g1-n1"]));
+    assert!(!cluster.dir.join("g1-n1").join("tls").exists());
+    assert_eq!(ok(&cluster.kvctl(&["get", "c"])).trim(), "3");
     // A group added later gets certificates from the same CA and serves.
     ok(&cluster.kvctl(&["cluster", "add-group"]));
     ok(&cluster.kvctl(&["admin", "join", "2"]));

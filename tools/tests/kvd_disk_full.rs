@@ -118,7 +118,7 @@ async fn a_node_whose_disk_fills_stops_with_the_cause_and_recovers_once_space_re
         "no cause in the log:\n{said}"
     );
     assert!(
-        said.contains("the node stopped. Free disk space"),
+        said.contains("the node stopped. Remove the cause (if the disk"),
         "no fix in the log:\n{said}"
     );
 

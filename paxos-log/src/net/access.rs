@@ -103,6 +103,37 @@ fn length_byte(len: usize) -> u8 {
     u8::try_from(len).unwrap_or(u8::MAX)
 }
 
+/// The status byte that tells a plaintext client the server wants TLS.
+const STATUS_TLS_REQUIRED: u8 = 4;
+
+/// Whether the first bytes waiting on `stream` are this module's hello in
+/// the clear (a client without TLS), looked at without consuming them, for
+/// at most [`HANDSHAKE_TIMEOUT`].
+pub(crate) async fn is_plaintext_hello(stream: &tokio::net::TcpStream) -> bool {
+    let peek = async {
+        let mut head = [0u8; 4];
+        loop {
+            match stream.peek(&mut head).await {
+                // A TLS record starts with its content type (22), never 'S'.
+                Ok(n) if n > 0 && head[0] != MAGIC[0] => return false,
+                Ok(n) if n >= MAGIC.len() => return &head == MAGIC,
+                // End of stream, or an error: TLS will fail on it anyway.
+                Ok(0) | Err(_) => return false,
+                // A partial head: wait for more.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, peek)
+        .await
+        .unwrap_or(false)
+}
+
+/// Answers a plaintext hello with "TLS required" (best effort).
+pub(crate) async fn refuse_plaintext(stream: &mut tokio::net::TcpStream) {
+    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.write_u8(STATUS_TLS_REQUIRED)).await;
+}
+
 /// Why a server refused a connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -128,10 +159,14 @@ impl Refusal {
     }
 }
 
-/// Client side: sends the hello on a new connection and waits for the
-/// server's answer. A refusal is [`io::ErrorKind::PermissionDenied`] with
-/// a message that says what to fix.
-pub async fn offer<S>(stream: &mut S, key: &AccessKey) -> io::Result<()>
+/// Client side: sends the hello on a new connection and waits, at most
+/// `timeout`, for the server's answer. Only an explicit refusal (another
+/// cluster, a wrong secret, a TLS certificate refused) is
+/// [`io::ErrorKind::PermissionDenied`], with a message that says what to
+/// fix: a connection that merely ends (a node stopping, restarting, or over
+/// its connection limit) is [`io::ErrorKind::ConnectionAborted`], which
+/// clients retry elsewhere.
+pub async fn offer<S>(stream: &mut S, key: &AccessKey, timeout: Duration) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -141,16 +176,17 @@ where
         stream.flush().await?;
         stream.read_u8().await
     };
-    let status = match tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange).await {
+    let status = match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(status)) => status,
         Ok(Err(cause)) if cause.kind() == io::ErrorKind::UnexpectedEof => {
             return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "the server closed the connection during the access handshake (is it a \
-                 node of this cluster, with access control on?)",
+                io::ErrorKind::ConnectionAborted,
+                "the server closed the connection during the access handshake (stopping, \
+                 or not a node of this cluster: one without access control or without TLS \
+                 closes it too)",
             ));
         }
-        Ok(Err(cause)) => return Err(cause),
+        Ok(Err(cause)) => return Err(crate::net::tls::refusal_or(cause)),
         Err(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -171,6 +207,10 @@ where
             key.cluster_id
         )),
         2 => refused("refused: wrong cluster secret (check the cluster file)"),
+        STATUS_TLS_REQUIRED => refused(
+            "refused: the cluster requires TLS (use its cluster file, which says `tls = true`, \
+             with the certificates under DIR/tls)",
+        ),
         _ => refused("refused: the server did not understand the access handshake"),
     }
 }

@@ -179,7 +179,7 @@ where
             .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?,
     };
     if let Some(key) = &limits.access {
-        crate::net::access::offer(&mut stream, key)
+        crate::net::access::offer(&mut stream, key, limits.connect_timeout)
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
     }

@@ -293,7 +293,7 @@ enum ConnectionEnd {
 /// or the server stops. Returning drops (closes) the socket.
 async fn serve_connection<Req, Resp, H, Fut>(
     name: &'static str,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     handler: H,
     limits: NetLimits,
@@ -310,6 +310,13 @@ where
     let mut stream = match &limits.tls {
         None => NetStream::Plain(stream),
         Some(tls) => {
+            // A client without TLS that opens with the access hello is told
+            // so in its own language before the connection closes.
+            if access::is_plaintext_hello(&stream).await {
+                access::refuse_plaintext(&mut stream).await;
+                warn!(server = name, %peer, "refused a connection: plaintext, and this cluster requires TLS");
+                return ConnectionEnd::Unauthorized;
+            }
             let accepted = tokio::select! {
                 () = shutdown.cancelled() => return ConnectionEnd::Closed,
                 accepted = tokio::time::timeout(access::HANDSHAKE_TIMEOUT, tls.accept(stream)) => accepted,

@@ -126,12 +126,7 @@ impl TlsConfig {
         let name = ServerName::try_from(SERVER_NAME)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.client));
-        let stream = connector.connect(name, stream).await.map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!("TLS handshake failed: {e} (is the server a node of this cluster?)"),
-            )
-        })?;
+        let stream = connector.connect(name, stream).await.map_err(refusal_or)?;
         Ok(NetStream::Client(Box::new(stream)))
     }
 
@@ -140,6 +135,27 @@ impl TlsConfig {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&self.server));
         let stream = acceptor.accept(stream).await?;
         Ok(NetStream::Server(Box::new(stream)))
+    }
+}
+
+/// `error` as a refusal ([`io::ErrorKind::PermissionDenied`], saying what
+/// to check) if TLS itself refused (a certificate not from the cluster's
+/// CA, an alert from the server); otherwise as it is (a reset or a closed
+/// connection stays retryable).
+pub(crate) fn refusal_or(error: io::Error) -> io::Error {
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map(ToString::to_string);
+    match tls {
+        Some(cause) => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "TLS handshake failed: {cause} (are this client's certificate and the server's \
+                 both from this cluster's CA? check the cluster file and DIR/tls)"
+            ),
+        ),
+        None => error,
     }
 }
 

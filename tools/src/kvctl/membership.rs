@@ -126,6 +126,11 @@ pub async fn remove_replica(
         }
     }
     let _ = std::fs::remove_file(node_dir(&dir, &node).join(PID_FILE));
+    // Its data stays for inspection, but not what would let it (or whoever
+    // copies its directory) back in: its TLS key. The cluster's secret in
+    // its kvd.toml is the same for every node; rotating it (and the CA) is
+    // not automated, see docs/tools.md.
+    let _ = std::fs::remove_dir_all(node_dir(&dir, &node).join(super::tls::TLS_DIR));
     file.nodes.retain(|n| n.name != name);
     file.retired
         .entry(gid.to_string())

@@ -40,16 +40,17 @@ pub const NODE_FILE: &str = "node.pem";
 /// See [`NODE_FILE`].
 pub const NODE_KEY_FILE: &str = "node-key.pem";
 
-/// The CA's parameters: the same every time, so that the CA can be rebuilt
-/// from its key to sign certificates for nodes added later.
-fn authority_params(file: &ClusterFile) -> anyhow::Result<CertificateParams> {
+/// The CA's name. Fixed (nothing from the cluster file): the CA is rebuilt
+/// from its key to sign certificates for nodes added later, and what it
+/// signs names it as issuer, which must match `ca.pem` exactly.
+const CA_NAME: &str = "shardkv cluster CA";
+
+/// The CA's parameters: the same every time (see [`CA_NAME`]).
+fn authority_params() -> anyhow::Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let id = file.cluster_id.as_deref().unwrap_or("shardkv");
-    params
-        .distinguished_name
-        .push(DnType::CommonName, format!("shardkv cluster CA {id}"));
+    params.distinguished_name.push(DnType::CommonName, CA_NAME);
     validity(&mut params);
     Ok(params)
 }
@@ -79,7 +80,7 @@ fn party(name: &str, ca: &Certificate, ca_key: &KeyPair) -> anyhow::Result<(Stri
 /// in `dir`.
 pub fn create_cluster_tls(dir: &Path, file: &ClusterFile) -> anyhow::Result<()> {
     let key = KeyPair::generate().context("generating the CA key")?;
-    let ca = authority_params(file)?
+    let ca = authority_params()?
         .self_signed(&key)
         .context("making the CA certificate")?;
     let tls = dir.join(TLS_DIR);
@@ -112,7 +113,7 @@ pub fn ensure_node_tls(dir: &Path, file: &ClusterFile, node: &ClusterNode) -> an
         .with_context(|| format!("{} is not a usable key", key_path.display()))?;
     // The same subject and key as the CA certificate on disk: what it signs
     // chains to that certificate.
-    let ca = authority_params(file)?
+    let ca = authority_params()?
         .self_signed(&key)
         .context("rebuilding the CA certificate")?;
     write_node_files(dir, node, &ca, &key)
