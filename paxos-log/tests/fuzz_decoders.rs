@@ -22,12 +22,12 @@
 //!   gives, iff every record decodes; otherwise it is refused with a
 //!   corruption error naming the WAL directory and the first bad LSN.
 //! * Wire codec: arbitrary and mutated frames never panic and decode (or
-//!   fail with `InvalidData`) quickly, whatever deadline they claim (tarpc
+//!   fail with `InvalidData`), whatever deadline they claim (tarpc
 //!   itself would panic on a deadline years away; the server codec refuses
 //!   it first). Valid requests and responses round-trip. A length prefix
 //!   claiming a huge `Vec` (the batch, a value's entries, its commands, a
-//!   command's bytes, a snapshot's data) is an error, returned quickly and
-//!   without the process's peak virtual memory growing by anything like it.
+//!   command's bytes, a snapshot's data) is an error, returned without the
+//!   process's peak virtual memory growing by anything like it.
 //! * A running server fed random garbage, truncated or mutated frames on
 //!   fresh connections closes each of them, never panics a connection task,
 //!   and keeps answering a healthy client on its own connection throughout.
@@ -43,11 +43,13 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bincode::Options;
+use fuzz_support::{
+    bounded, config, mutated, mutations_with, notable_or_any, FieldMutations, Mutation,
+};
 use paxos_log::net::codec::WireCodec;
 use paxos_log::net::rpc::{PaxosPeerClient, PaxosPeerRequest, PaxosPeerResponse};
 use paxos_log::net::{connect, PeerListener};
@@ -60,211 +62,33 @@ use paxos_log::{
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::sample::Index;
-use proptest::test_runner::{FileFailurePersistence, TestCaseError, TestRunner};
+use proptest::test_runner::{TestCaseError, TestRunner};
 use storage::fs::SimFs;
 use storage::wal::{Wal, WalOptions, WalReader};
 use storage::StorageError;
-use tarpc::tokio_serde::{Deserializer, Serializer};
-use tarpc::tokio_util::bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// `default` cases, or `PROPTEST_CASES` when it is set.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-fn config(default_cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: cases(default_cases),
-        // `fuzz_decoders.proptest-regressions` beside this file: what the
-        // default `SourceParallel` falls back to for a test file, without
-        // its warning on every run.
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Mutations.
 // ---------------------------------------------------------------------------
 
-/// One change to a byte string.
-#[derive(Debug, Clone)]
-enum Mutation {
-    FlipBit {
-        at: Index,
-        bit: u8,
-    },
-    Overwrite {
-        at: Index,
-        bytes: Vec<u8>,
-    },
-    Insert {
-        at: Index,
-        bytes: Vec<u8>,
-    },
-    Remove {
-        at: Index,
-        len: usize,
-    },
-    Truncate {
-        at: Index,
-    },
-    Append {
-        bytes: Vec<u8>,
-    },
-    /// A 4-byte field (little- or big-endian) set to a (mostly huge) value.
-    SetU32 {
-        at: Index,
-        value: u32,
-        big: bool,
-    },
-    /// An 8-byte little-endian field set to a (mostly huge) value.
-    SetU64 {
-        at: Index,
-        value: u64,
-    },
-    /// A bincode varint set to a (mostly huge) value: marker 253, then
-    /// the value as a little-endian u64.
-    SetVarint {
-        at: Index,
-        value: u64,
-    },
+/// 8-byte values a damaged length may claim: the shared huge ones and
+/// `u32::MAX`.
+fn huge_u64() -> BoxedStrategy<u64> {
+    notable_or_any(&[u64::MAX, 1 << 40, 1 << 32, u64::from(u32::MAX), 1 << 63])
 }
 
-fn huge_u64() -> impl Strategy<Value = u64> {
-    prop_oneof![
-        Just(u64::MAX),
-        Just(1 << 40),
-        Just(1 << 32),
-        Just(u64::from(u32::MAX)),
-        Just(1 << 63),
-        any::<u64>(),
-    ]
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        4 => (any::<Index>(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
-        2 => (any::<Index>(), vec(any::<u8>(), 1..8))
-            .prop_map(|(at, bytes)| Mutation::Overwrite { at, bytes }),
-        1 => (any::<Index>(), vec(any::<u8>(), 1..24))
-            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        1 => (any::<Index>(), 1usize..24).prop_map(|(at, len)| Mutation::Remove { at, len }),
-        2 => any::<Index>().prop_map(|at| Mutation::Truncate { at }),
-        1 => vec(any::<u8>(), 1..32).prop_map(|bytes| Mutation::Append { bytes }),
-        1 => (any::<Index>(), any::<u32>(), any::<bool>())
-            .prop_map(|(at, value, big)| Mutation::SetU32 { at, value, big }),
-        2 => (any::<Index>(), huge_u64()).prop_map(|(at, value)| Mutation::SetU64 { at, value }),
-        2 => (any::<Index>(), huge_u64()).prop_map(|(at, value)| Mutation::SetVarint { at, value }),
-    ]
-}
-
+/// Mutations of paxos-log's bincode encodings: besides the default ones,
+/// 4-byte fields set in either byte order, and varints (the wire format's
+/// lengths) set to [`huge_u64`] as often as 8-byte fields.
 fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
-    vec(mutation(), 1..4)
-}
-
-/// Writes `field` at `at` (clipped to the end of `bytes`).
-fn put_field(bytes: &mut [u8], at: usize, field: &[u8]) {
-    let end = (at + field.len()).min(bytes.len());
-    bytes[at..end].copy_from_slice(&field[..end - at]);
-}
-
-fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
-    if let Mutation::Append { bytes: more } = mutation {
-        bytes.extend_from_slice(more);
-        return;
-    }
-    if bytes.is_empty() {
-        if let Mutation::Insert { bytes: more, .. } = mutation {
-            bytes.extend_from_slice(more);
-        }
-        return;
-    }
-    let len = bytes.len();
-    match mutation {
-        Mutation::FlipBit { at, bit } => bytes[at.index(len)] ^= 1 << bit,
-        Mutation::Overwrite { at, bytes: with } => put_field(bytes, at.index(len), with),
-        Mutation::Insert { at, bytes: more } => {
-            let at = at.index(len + 1);
-            bytes.splice(at..at, more.iter().copied());
-        }
-        Mutation::Remove { at, len: count } => {
-            let at = at.index(len);
-            bytes.drain(at..(at + count).min(len));
-        }
-        Mutation::Truncate { at } => bytes.truncate(at.index(len)),
-        Mutation::SetU32 { at, value, big } => {
-            let field = if *big {
-                value.to_be_bytes()
-            } else {
-                value.to_le_bytes()
-            };
-            put_field(bytes, at.index(len), &field);
-        }
-        Mutation::SetU64 { at, value } => put_field(bytes, at.index(len), &value.to_le_bytes()),
-        Mutation::SetVarint { at, value } => {
-            let at = at.index(len);
-            bytes.truncate(at);
-            bytes.push(253);
-            bytes.extend_from_slice(&value.to_le_bytes());
-        }
-        Mutation::Append { .. } => unreachable!("handled above"),
-    }
-}
-
-fn mutated(original: &[u8], mutations: &[Mutation]) -> Vec<u8> {
-    let mut bytes = original.to_vec();
-    for mutation in mutations {
-        apply(&mut bytes, mutation);
-    }
-    bytes
-}
-
-/// Peak virtual memory of this process (`VmPeak`), where Linux reports it.
-fn peak_virtual_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmPeak:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmPeak:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
-/// Longest a decode of a few hundred bytes may take, even on a loaded
-/// machine: one that walked a claimed length would take far longer.
-const DECODE_TIME_MAX: Duration = Duration::from_secs(5);
-
-/// Runs `decode` and checks that it returned quickly and that the peak
-/// virtual memory of the process did not grow by 1 GiB or more meanwhile:
-/// a decoder that reserved what a damaged length prefix claims would.
-/// Other threads of the test process may allocate meanwhile, hence the wide
-/// margin.
-fn bounded<T>(decode: impl FnOnce() -> T) -> Result<T, TestCaseError> {
-    const MARGIN_BYTES: u64 = 1 << 30;
-    let before = peak_virtual_bytes();
-    let started = Instant::now();
-    let result = decode();
-    let elapsed = started.elapsed();
-    prop_assert!(elapsed < DECODE_TIME_MAX, "decoding took {elapsed:?}");
-    if let (Some(before), Some(after)) = (before, peak_virtual_bytes()) {
-        prop_assert!(
-            after.saturating_sub(before) < MARGIN_BYTES,
-            "peak virtual memory grew from {before} to {after} bytes while decoding"
-        );
-    }
-    Ok(result)
+    mutations_with(&FieldMutations {
+        u32_either_endian: true,
+        u64_values: huge_u64(),
+        varint_weight: 2,
+        ..FieldMutations::default()
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -652,30 +476,26 @@ type Response = tarpc::Response<PaxosPeerResponse>;
 
 /// What a server's codec makes of a frame body.
 fn server_decode(bytes: &[u8]) -> io::Result<Request> {
-    let mut codec = WireCodec::server(&limits());
-    Deserializer::<Request>::deserialize(Pin::new(&mut codec), &BytesMut::from(bytes))
+    WireCodec::server(&limits()).decode(bytes)
 }
 
 /// What a client's codec makes of a frame body.
 fn client_decode(bytes: &[u8]) -> io::Result<Response> {
-    let mut codec = WireCodec::client(&limits());
-    Deserializer::<Response>::deserialize(Pin::new(&mut codec), &BytesMut::from(bytes))
+    WireCodec::client(&limits()).decode(bytes)
 }
 
 /// A request as the client's codec encodes it.
 fn encode_request(request: &Request) -> Vec<u8> {
-    let mut codec = WireCodec::client(&limits());
-    Serializer::<Request>::serialize(Pin::new(&mut codec), request)
+    WireCodec::client(&limits())
+        .encode(request)
         .expect("a request encodes")
-        .to_vec()
 }
 
 /// A response as the server's codec encodes it.
 fn encode_response(response: &Response) -> Vec<u8> {
-    let mut codec = WireCodec::server(&limits());
-    Serializer::<Response>::serialize(Pin::new(&mut codec), response)
+    WireCodec::server(&limits())
+        .encode(response)
         .expect("a response encodes")
-        .to_vec()
 }
 
 fn deliver_request(id: u64, deadline: Duration, batch: Vec<Envelope>) -> Request {
@@ -691,8 +511,8 @@ fn deliver_request(id: u64, deadline: Duration, batch: Vec<Envelope>) -> Request
     })
 }
 
-/// Decoding must not panic, must be quick and bounded, and must fail only
-/// with `InvalidData`.
+/// Decoding must not panic, must be bounded, and must fail only with
+/// `InvalidData`.
 fn check_server_decode(bytes: &[u8]) -> Result<Option<Request>, TestCaseError> {
     match bounded(|| server_decode(bytes))? {
         Ok(request) => Ok(Some(request)),
@@ -843,7 +663,7 @@ fn codec_field_by_field_request_matches_what_tarpc_sends() {
 }
 
 /// Every huge length prefix, at every place a `Vec` is claimed: an error,
-/// quickly, without allocating it.
+/// without allocating it.
 #[test]
 fn codec_refuses_huge_length_prefixes_without_allocating() {
     let command = b"xyz".to_vec();
@@ -919,7 +739,7 @@ fn response_parts(response: &Response) -> ResponseParts {
 proptest! {
     #![proptest_config(config(8192))]
 
-    /// Arbitrary frame bodies, on both sides: no panic, quick, bounded,
+    /// Arbitrary frame bodies, on both sides: no panic, bounded,
     /// `InvalidData` on failure. Half of them start like a request (the
     /// `Request` variant, then a deadline) so the decoder gets past the
     /// first bytes.
@@ -997,7 +817,7 @@ proptest! {
     }
 
     /// Valid frames, mutated (including huge varint lengths anywhere): no
-    /// panic, quick, bounded.
+    /// panic, bounded.
     #[test]
     fn codec_decodes_mutated_frames_without_panic(
         batch in vec(envelope(), 0..4),

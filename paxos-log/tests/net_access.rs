@@ -3,20 +3,13 @@
 //! cluster id and secret, refuses the rest (logged and counted) and closes
 //! only their connections; the others go on.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use paxos_log::net::rpc::PaxosPeerClient;
-use paxos_log::net::{connect, AccessKey, PeerListener, ServerHandle, ServerStats};
-use paxos_log::{
-    ChannelTransport, Config, DriverOptions, MemAcceptorStore, NetLimits, Node, NodeId,
-};
+use fuzz_support::cases;
+use paxos_log::net::{connect, AccessKey};
+use paxos_log::NetLimits;
 use tokio::io::AsyncWriteExt;
 
 mod cluster;
-use cluster::LogMachine;
-
-const GROUP: u64 = 42;
+use cluster::lone::{answers, lone_replica, wait_refused};
 
 fn net(key: Option<AccessKey>) -> NetLimits {
     NetLimits {
@@ -27,41 +20,6 @@ fn net(key: Option<AccessKey>) -> NetLimits {
 
 fn key(cluster_id: &str, secret: &[u8]) -> Option<AccessKey> {
     Some(AccessKey::new(cluster_id, secret.to_vec()).expect("a valid key"))
-}
-
-/// A lone replica n1 of {n1, n2, n3} serving on loopback with `net`.
-async fn lone_replica(net: &NetLimits) -> (Node<LogMachine>, ServerHandle) {
-    let node = Node::start(
-        Config::new(NodeId(1), (1..=3).map(NodeId).collect()),
-        MemAcceptorStore::new(),
-        LogMachine::default(),
-        Arc::new(ChannelTransport::new()),
-        DriverOptions::default(),
-    )
-    .expect("replica starts");
-    let listener = PeerListener::bind(([127, 0, 0, 1], 0).into(), net.clone())
-        .await
-        .expect("bind");
-    let server = listener.start(node.handle(), GROUP);
-    (node, server)
-}
-
-async fn answers(client: &PaxosPeerClient) -> bool {
-    let mut context = tarpc::context::current();
-    context.deadline = Instant::now() + Duration::from_secs(5);
-    client.deliver(context, GROUP, Vec::new()).await.is_ok()
-}
-
-/// Waits (up to 5 s) until the server has refused `count` connections.
-async fn wait_refused(server: &ServerHandle, count: u64) -> ServerStats {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let stats = server.stats();
-        if stats.connections.connections_unauthorized >= count || Instant::now() >= deadline {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,6 +113,8 @@ async fn a_connection_that_just_ends_is_retryable_not_a_refusal() {
 
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig {
+        // For longer runs: `PROPTEST_CASES=5000 cargo nextest run -p
+        // paxos-log --test net_access`.
         cases: cases(64),
         ..proptest::prelude::ProptestConfig::default()
     })]
@@ -201,14 +161,4 @@ proptest::proptest! {
             node.stop().expect("replica thread ends cleanly");
         });
     }
-}
-
-/// Cases per property: `default`, or `PROPTEST_CASES` when set (for longer
-/// runs: `PROPTEST_CASES=5000 cargo nextest run -p paxos-log --test
-/// net_access`).
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

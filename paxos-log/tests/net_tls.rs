@@ -4,21 +4,13 @@
 //! another CA's certificate, without disturbing the others. The access
 //! hello runs inside TLS.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use paxos_log::net::rpc::PaxosPeerClient;
 use paxos_log::net::tls::SERVER_NAME;
-use paxos_log::net::{connect, AccessKey, PeerListener, ServerHandle, ServerStats, TlsConfig};
-use paxos_log::{
-    ChannelTransport, Config, DriverOptions, MemAcceptorStore, NetLimits, Node, NodeId,
-};
+use paxos_log::net::{connect, AccessKey, TlsConfig};
+use paxos_log::NetLimits;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 
 mod cluster;
-use cluster::LogMachine;
-
-const GROUP: u64 = 42;
+use cluster::lone::{answers, lone_replica, wait_refused};
 
 /// A certificate authority: its certificate (PEM) and what signs with it.
 struct Authority {
@@ -62,39 +54,6 @@ fn net(tls: Option<TlsConfig>) -> NetLimits {
         tls,
         access: Some(AccessKey::new("kv-ours", b"the secret".to_vec()).expect("key")),
         ..NetLimits::default()
-    }
-}
-
-async fn lone_replica(net: &NetLimits) -> (Node<LogMachine>, ServerHandle) {
-    let node = Node::start(
-        Config::new(NodeId(1), (1..=3).map(NodeId).collect()),
-        MemAcceptorStore::new(),
-        LogMachine::default(),
-        Arc::new(ChannelTransport::new()),
-        DriverOptions::default(),
-    )
-    .expect("replica starts");
-    let listener = PeerListener::bind(([127, 0, 0, 1], 0).into(), net.clone())
-        .await
-        .expect("bind");
-    let server = listener.start(node.handle(), GROUP);
-    (node, server)
-}
-
-async fn answers(client: &PaxosPeerClient) -> bool {
-    let mut context = tarpc::context::current();
-    context.deadline = Instant::now() + Duration::from_secs(5);
-    client.deliver(context, GROUP, Vec::new()).await.is_ok()
-}
-
-async fn wait_refused(server: &ServerHandle, count: u64) -> ServerStats {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = server.stats();
-        if stats.connections.connections_unauthorized >= count || Instant::now() >= deadline {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

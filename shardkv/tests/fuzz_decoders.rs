@@ -16,7 +16,7 @@
 //!
 //! * Arbitrary bytes and mutated valid encodings (bit flips, truncation,
 //!   bytes overwritten, inserted, removed or appended, 8-byte fields set
-//!   huge): no panic; quick; the process's peak virtual memory does not
+//!   huge): no panic; the process's peak virtual memory does not
 //!   grow by anything like a claimed length; an error is
 //!   `KvError::Malformed` with a reason (for RPC frames, `InvalidData`).
 //! * Whatever decodes re-encodes to a value that decodes to itself, and,
@@ -39,16 +39,15 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use controller::{Configuration, Shard};
+use fuzz_support::{bounded, config, mutated, mutations};
 use paxos_log::net::codec::WireCodec;
 use paxos_log::NetLimits;
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::sample::Index;
-use proptest::test_runner::{FileFailurePersistence, TestCaseError};
+use proptest::test_runner::TestCaseError;
 use shardkv::export::{ExportBegin, ExportChunk, ExportImage};
 use shardkv::limits::ApplyLimits;
 use shardkv::rpc::{
@@ -59,182 +58,6 @@ use shardkv::wire::{
     WriteOp, WriteReply,
 };
 use shardkv::KvError;
-use tarpc::tokio_serde::{Deserializer, Serializer};
-use tarpc::tokio_util::bytes::BytesMut;
-
-/// `default` cases, or `PROPTEST_CASES` when it is set.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-fn config(default_cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: cases(default_cases),
-        // `fuzz_decoders.proptest-regressions` beside this file: what the
-        // default `SourceParallel` falls back to for a test file, without
-        // its warning on every run.
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Mutations.
-// ---------------------------------------------------------------------------
-
-/// One change to a byte string.
-#[derive(Debug, Clone)]
-enum Mutation {
-    FlipBit {
-        at: Index,
-        bit: u8,
-    },
-    Overwrite {
-        at: Index,
-        bytes: Vec<u8>,
-    },
-    Insert {
-        at: Index,
-        bytes: Vec<u8>,
-    },
-    Remove {
-        at: Index,
-        len: usize,
-    },
-    Truncate {
-        at: Index,
-    },
-    Append {
-        bytes: Vec<u8>,
-    },
-    /// A 4-byte little-endian field (an enum variant) set to any value.
-    SetU32 {
-        at: Index,
-        value: u32,
-    },
-    /// An 8-byte little-endian field (a length) set to a (mostly huge) value.
-    SetU64 {
-        at: Index,
-        value: u64,
-    },
-}
-
-fn huge_u64() -> impl Strategy<Value = u64> {
-    prop_oneof![
-        Just(u64::MAX),
-        Just(1 << 40),
-        Just(1 << 32),
-        Just(1 << 63),
-        any::<u64>(),
-    ]
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        4 => (any::<Index>(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
-        2 => (any::<Index>(), vec(any::<u8>(), 1..8))
-            .prop_map(|(at, bytes)| Mutation::Overwrite { at, bytes }),
-        1 => (any::<Index>(), vec(any::<u8>(), 1..24))
-            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        1 => (any::<Index>(), 1usize..24).prop_map(|(at, len)| Mutation::Remove { at, len }),
-        2 => any::<Index>().prop_map(|at| Mutation::Truncate { at }),
-        1 => vec(any::<u8>(), 1..32).prop_map(|bytes| Mutation::Append { bytes }),
-        1 => (any::<Index>(), any::<u32>()).prop_map(|(at, value)| Mutation::SetU32 { at, value }),
-        2 => (any::<Index>(), huge_u64()).prop_map(|(at, value)| Mutation::SetU64 { at, value }),
-    ]
-}
-
-fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
-    vec(mutation(), 1..4)
-}
-
-/// Writes `field` at `at` (clipped to the end of `bytes`).
-fn put_field(bytes: &mut [u8], at: usize, field: &[u8]) {
-    let end = (at + field.len()).min(bytes.len());
-    bytes[at..end].copy_from_slice(&field[..end - at]);
-}
-
-fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
-    if let Mutation::Append { bytes: more } = mutation {
-        bytes.extend_from_slice(more);
-        return;
-    }
-    if bytes.is_empty() {
-        if let Mutation::Insert { bytes: more, .. } = mutation {
-            bytes.extend_from_slice(more);
-        }
-        return;
-    }
-    let len = bytes.len();
-    match mutation {
-        Mutation::FlipBit { at, bit } => bytes[at.index(len)] ^= 1 << bit,
-        Mutation::Overwrite { at, bytes: with } => put_field(bytes, at.index(len), with),
-        Mutation::Insert { at, bytes: more } => {
-            let at = at.index(len + 1);
-            bytes.splice(at..at, more.iter().copied());
-        }
-        Mutation::Remove { at, len: count } => {
-            let at = at.index(len);
-            bytes.drain(at..(at + count).min(len));
-        }
-        Mutation::Truncate { at } => bytes.truncate(at.index(len)),
-        Mutation::SetU32 { at, value } => put_field(bytes, at.index(len), &value.to_le_bytes()),
-        Mutation::SetU64 { at, value } => put_field(bytes, at.index(len), &value.to_le_bytes()),
-        Mutation::Append { .. } => unreachable!("handled above"),
-    }
-}
-
-fn mutated(original: &[u8], mutations: &[Mutation]) -> Vec<u8> {
-    let mut bytes = original.to_vec();
-    for mutation in mutations {
-        apply(&mut bytes, mutation);
-    }
-    bytes
-}
-
-/// Peak virtual memory of this process (`VmPeak`), where Linux reports it.
-fn peak_virtual_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmPeak:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmPeak:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
-/// Longest a decode of a few hundred bytes may take, even on a loaded
-/// machine: one that walked a claimed length would take far longer.
-const DECODE_TIME_MAX: Duration = Duration::from_secs(5);
-
-/// Runs `decode` and checks that it returned quickly and that the peak
-/// virtual memory of the process did not grow by 1 GiB or more meanwhile:
-/// a decoder that reserved what a damaged length prefix claims would.
-/// Other threads of the test process may allocate meanwhile, hence the wide
-/// margin.
-fn bounded<T>(decode: impl FnOnce() -> T) -> Result<T, TestCaseError> {
-    const MARGIN_BYTES: u64 = 1 << 30;
-    let before = peak_virtual_bytes();
-    let started = Instant::now();
-    let result = decode();
-    let elapsed = started.elapsed();
-    prop_assert!(elapsed < DECODE_TIME_MAX, "decoding took {elapsed:?}");
-    if let (Some(before), Some(after)) = (before, peak_virtual_bytes()) {
-        prop_assert!(
-            after.saturating_sub(before) < MARGIN_BYTES,
-            "peak virtual memory grew from {before} to {after} bytes while decoding"
-        );
-    }
-    Ok(result)
-}
 
 /// Replaces the 8-byte little-endian length prefix `len` that directly
 /// precedes `following` in a fixed-width bincode encoding with `claim`.
@@ -452,7 +275,7 @@ impl Canonical for Command {
 impl Canonical for ReadOp {}
 impl<T> Canonical for Outcome<T> {}
 
-/// `decode::<T>(bytes)`: no panic, quick, bounded; `Malformed` with a
+/// `decode::<T>(bytes)`: no panic, bounded; `Malformed` with a
 /// reason, or a value that re-encodes stably (to `bytes` exactly if the
 /// value has one encoding only).
 fn check_decode<T>(bytes: &[u8]) -> Result<Option<T>, TestCaseError>
@@ -626,13 +449,11 @@ type Request = tarpc::ClientMessage<ShardKvRequest>;
 type Response = tarpc::Response<ShardKvResponse>;
 
 fn server_decode(bytes: &[u8]) -> io::Result<Request> {
-    let mut codec = WireCodec::server(&limits());
-    Deserializer::<Request>::deserialize(Pin::new(&mut codec), &BytesMut::from(bytes))
+    WireCodec::server(&limits()).decode(bytes)
 }
 
 fn client_decode(bytes: &[u8]) -> io::Result<Response> {
-    let mut codec = WireCodec::client(&limits());
-    Deserializer::<Response>::deserialize(Pin::new(&mut codec), &BytesMut::from(bytes))
+    WireCodec::client(&limits()).decode(bytes)
 }
 
 fn encode_request(message: ShardKvRequest) -> Vec<u8> {
@@ -643,10 +464,9 @@ fn encode_request(message: ShardKvRequest) -> Vec<u8> {
         id: 11,
         message,
     });
-    let mut codec = WireCodec::client(&limits());
-    Serializer::<Request>::serialize(Pin::new(&mut codec), &request)
+    WireCodec::client(&limits())
+        .encode(&request)
         .expect("a request encodes")
-        .to_vec()
 }
 
 fn encode_response(message: ShardKvResponse) -> Vec<u8> {
@@ -654,10 +474,9 @@ fn encode_response(message: ShardKvResponse) -> Vec<u8> {
         request_id: 11,
         message: Ok(message),
     };
-    let mut codec = WireCodec::server(&limits());
-    Serializer::<Response>::serialize(Pin::new(&mut codec), &response)
+    WireCodec::server(&limits())
+        .encode(&response)
         .expect("a response encodes")
-        .to_vec()
 }
 
 fn check_codec<T>(
@@ -873,7 +692,7 @@ fn response() -> impl Strategy<Value = ResponseSpec> {
 proptest! {
     #![proptest_config(config(4096))]
 
-    /// Arbitrary frame bodies: no panic, quick, bounded, `InvalidData` on
+    /// Arbitrary frame bodies: no panic, bounded, `InvalidData` on
     /// failure, on the server (requests) and the client (responses).
     #[test]
     fn rpc_decodes_arbitrary_frames_without_panic(

@@ -50,10 +50,13 @@
 
 use std::path::{Path, PathBuf};
 
+use fuzz_support::{
+    bounded, config, huge_u64, mutated, mutations_with, put_field, FieldMutations, Mutation,
+};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{FileFailurePersistence, TestCaseError};
+use proptest::test_runner::TestCaseError;
 use storage::fs::{FsRef, SimFs};
 use storage::snapshot::{
     snapshot_file_name, verify_file, SnapshotStore, CHUNK_BYTES_MAX, META_BYTES_MAX,
@@ -71,193 +74,32 @@ type Records = Vec<(Lsn, Vec<u8>)>;
 /// directories below): small, so generated length fields exceed it often.
 const RECORD_MAX: u32 = 1024;
 
-/// `default` cases, or `PROPTEST_CASES` when it is set.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-fn config(default_cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: cases(default_cases),
-        // `fuzz_decoders.proptest-regressions` beside this file: what the
-        // default `SourceParallel` falls back to for a test file, without
-        // its warning on every run.
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Mutations.
 // ---------------------------------------------------------------------------
 
-/// One change to a byte string.
-#[derive(Debug, Clone)]
-enum Mutation {
-    FlipBit {
-        at: Index,
-        bit: u8,
-    },
-    Overwrite {
-        at: Index,
-        bytes: Vec<u8>,
-    },
-    Insert {
-        at: Index,
-        bytes: Vec<u8>,
-    },
-    Remove {
-        at: Index,
-        len: usize,
-    },
-    Truncate {
-        at: Index,
-    },
-    Append {
-        bytes: Vec<u8>,
-    },
-    /// A 4-byte field (little- or big-endian) set to a (mostly huge) value.
-    SetU32 {
-        at: Index,
-        value: u32,
-        big: bool,
-    },
-    /// An 8-byte little-endian field set to a (mostly huge) value.
-    SetU64 {
-        at: Index,
-        value: u64,
-    },
-}
-
+/// 4-byte values a damaged length field of storage's formats may claim: the
+/// shared huge ones, and storage's own limits and just past them.
 fn huge_u32() -> impl Strategy<Value = u32> {
-    prop_oneof![
-        Just(u32::MAX),
-        Just(u32::MAX - 1),
-        Just(1 << 31),
-        Just(CHUNK_BYTES_MAX),
-        Just(CHUNK_BYTES_MAX + 1),
-        Just(META_BYTES_MAX + 1),
-        Just(RECORD_MAX + 1),
-        any::<u32>(),
-    ]
+    fuzz_support::huge_u32(&[
+        CHUNK_BYTES_MAX,
+        CHUNK_BYTES_MAX + 1,
+        META_BYTES_MAX + 1,
+        RECORD_MAX + 1,
+    ])
 }
 
-fn huge_u64() -> impl Strategy<Value = u64> {
-    prop_oneof![
-        Just(u64::MAX),
-        Just(1 << 40),
-        Just(1 << 32),
-        Just(1 << 63),
-        any::<u64>(),
-    ]
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        4 => (any::<Index>(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
-        2 => (any::<Index>(), vec(any::<u8>(), 1..8))
-            .prop_map(|(at, bytes)| Mutation::Overwrite { at, bytes }),
-        1 => (any::<Index>(), vec(any::<u8>(), 1..24))
-            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        1 => (any::<Index>(), 1usize..24).prop_map(|(at, len)| Mutation::Remove { at, len }),
-        2 => any::<Index>().prop_map(|at| Mutation::Truncate { at }),
-        1 => vec(any::<u8>(), 1..32).prop_map(|bytes| Mutation::Append { bytes }),
-        2 => (any::<Index>(), huge_u32(), any::<bool>())
-            .prop_map(|(at, value, big)| Mutation::SetU32 { at, value, big }),
-        1 => (any::<Index>(), huge_u64()).prop_map(|(at, value)| Mutation::SetU64 { at, value }),
-    ]
-}
-
+/// Mutations of storage's formats: 4-byte fields (lengths, checksums) set
+/// to [`huge_u32`] in either byte order, twice as often as 8-byte fields
+/// are set.
 fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
-    vec(mutation(), 1..4)
-}
-
-/// Writes `field` at `at` (clipped to the end of `bytes`).
-fn put_field(bytes: &mut [u8], at: usize, field: &[u8]) {
-    let end = (at + field.len()).min(bytes.len());
-    bytes[at..end].copy_from_slice(&field[..end - at]);
-}
-
-fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
-    if let Mutation::Append { bytes: more } = mutation {
-        bytes.extend_from_slice(more);
-        return;
-    }
-    if bytes.is_empty() {
-        if let Mutation::Insert { bytes: more, .. } = mutation {
-            bytes.extend_from_slice(more);
-        }
-        return;
-    }
-    let len = bytes.len();
-    match mutation {
-        Mutation::FlipBit { at, bit } => bytes[at.index(len)] ^= 1 << bit,
-        Mutation::Overwrite { at, bytes: with } => put_field(bytes, at.index(len), with),
-        Mutation::Insert { at, bytes: more } => {
-            let at = at.index(len + 1);
-            bytes.splice(at..at, more.iter().copied());
-        }
-        Mutation::Remove { at, len: count } => {
-            let at = at.index(len);
-            bytes.drain(at..(at + count).min(len));
-        }
-        Mutation::Truncate { at } => bytes.truncate(at.index(len)),
-        Mutation::SetU32 { at, value, big } => {
-            let field = if *big {
-                value.to_be_bytes()
-            } else {
-                value.to_le_bytes()
-            };
-            put_field(bytes, at.index(len), &field);
-        }
-        Mutation::SetU64 { at, value } => put_field(bytes, at.index(len), &value.to_le_bytes()),
-        Mutation::Append { .. } => unreachable!("handled above"),
-    }
-}
-
-fn mutated(original: &[u8], mutations: &[Mutation]) -> Vec<u8> {
-    let mut bytes = original.to_vec();
-    for mutation in mutations {
-        apply(&mut bytes, mutation);
-    }
-    bytes
-}
-
-/// Peak virtual memory of this process (`VmPeak`), where Linux reports it.
-fn peak_virtual_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmPeak:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmPeak:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
-/// Runs `decode` and checks that the peak virtual memory of the process did
-/// not grow by 1 GiB or more meanwhile: a decoder that reserved what a
-/// damaged length field claims (up to 4 GiB for a u32, far more for a u64)
-/// would. Other threads of the test process may allocate meanwhile, hence
-/// the wide margin.
-fn bounded_allocation<T>(decode: impl FnOnce() -> T) -> Result<T, TestCaseError> {
-    const MARGIN_BYTES: u64 = 1 << 30;
-    let before = peak_virtual_bytes();
-    let result = decode();
-    if let (Some(before), Some(after)) = (before, peak_virtual_bytes()) {
-        prop_assert!(
-            after.saturating_sub(before) < MARGIN_BYTES,
-            "peak virtual memory grew from {before} to {after} bytes while decoding"
-        );
-    }
-    Ok(result)
+    mutations_with(&FieldMutations {
+        u32_weight: 2,
+        u32_values: huge_u32().boxed(),
+        u32_either_endian: true,
+        u64_weight: 1,
+        ..FieldMutations::default()
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -596,7 +438,7 @@ proptest! {
         prop_assume!(len != original_len);
         bytes[frame..frame + 4].copy_from_slice(&len.to_le_bytes());
         let path = Path::new("/fuzz/huge.wal");
-        let result = bounded_allocation(|| scan_segment(&bytes, path, may_be_torn, RECORD_MAX))?;
+        let result = bounded(|| scan_segment(&bytes, path, may_be_torn, RECORD_MAX))?;
         let is_last_record = damaged + 1 == payloads.len();
         match result {
             Ok(scan) => {
@@ -931,7 +773,7 @@ proptest! {
         fs.create_dir_all(Path::new(SNAP_DIR)).expect("mkdir");
         let path = Path::new(SNAP_DIR).join("backup.snap");
         replace_file(&fs, &path, &bytes);
-        let result = bounded_allocation(|| verify_file(&fs, &path))?;
+        let result = bounded(|| verify_file(&fs, &path))?;
         match result {
             Ok(info) => return Err(TestCaseError::fail(format!("random bytes verified as a snapshot: {info:?}"))),
             Err(error) => check_names_file(&error, &path, bytes.len())?,
@@ -953,7 +795,7 @@ proptest! {
         prop_assert!(path.ends_with(snapshot_file_name(snapshot.index)), "{}", path.display());
         let bytes = mutated(&original, &mutations);
         replace_file(&fs, &path, &bytes);
-        bounded_allocation(|| {
+        bounded(|| {
             check_snapshot_file(&fs, &store, &snapshot, &path, &bytes, bytes == original)
         })??;
     }
@@ -994,7 +836,7 @@ proptest! {
             _ => put_field(&mut bytes, trailer + 16, &count.to_le_bytes()),
         }
         replace_file(&fs, &path, &bytes);
-        bounded_allocation(|| {
+        bounded(|| {
             check_snapshot_file(&fs, &store, &snapshot, &path, &bytes, bytes == original)
         })??;
     }

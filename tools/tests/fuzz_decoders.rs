@@ -42,12 +42,15 @@
 
 use std::path::{Path, PathBuf};
 
+use fuzz_support::{
+    bounded, config, huge_u64, mutated, mutations_with, put_field, FieldMutations, Mutation,
+};
 use paxos_log::store::wal::{decode_acceptor_record, ACCEPTOR_RECORD_VERSION};
 use paxos_log::{Ballot, NodeId, PersistOp, Value};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{FileFailurePersistence, TestCaseError};
+use proptest::test_runner::TestCaseError;
 use serde_json::Value as Json;
 use storage::wal::{Wal, WalOptions, WalReader};
 use storage::{RealFs, SimFs, StorageError};
@@ -60,181 +63,25 @@ use tools::wal_inspect::{
     WalInspectError, WalSource, TEXT_BYTES_SHOWN_MAX,
 };
 
-/// `default` cases, or `PROPTEST_CASES` when it is set.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-fn config(default_cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: cases(default_cases),
-        // `fuzz_decoders.proptest-regressions` beside this file: what the
-        // default `SourceParallel` falls back to for a test file, without
-        // its warning on every run.
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Mutations.
 // ---------------------------------------------------------------------------
 
-/// One change to a byte string.
-#[derive(Debug, Clone)]
-enum Mutation {
-    FlipBit {
-        at: Index,
-        bit: u8,
-    },
-    Overwrite {
-        at: Index,
-        bytes: Vec<u8>,
-    },
-    Insert {
-        at: Index,
-        bytes: Vec<u8>,
-    },
-    Remove {
-        at: Index,
-        len: usize,
-    },
-    Truncate {
-        at: Index,
-    },
-    Append {
-        bytes: Vec<u8>,
-    },
-    /// A 4-byte little-endian field set to a (mostly huge) value.
-    SetU32 {
-        at: Index,
-        value: u32,
-    },
-    /// An 8-byte little-endian field set to a (mostly huge) value.
-    SetU64 {
-        at: Index,
-        value: u64,
-    },
-}
-
+/// 4-byte values a damaged length field of a snapshot file may claim: the
+/// shared huge ones, and the record limit and just past it.
 fn huge_u32() -> impl Strategy<Value = u32> {
-    prop_oneof![
-        Just(u32::MAX),
-        Just(u32::MAX - 1),
-        Just(1 << 31),
-        Just(RECORD_BYTES_MAX),
-        Just(RECORD_BYTES_MAX + 1),
-        any::<u32>(),
-    ]
+    fuzz_support::huge_u32(&[RECORD_BYTES_MAX, RECORD_BYTES_MAX + 1])
 }
 
-fn huge_u64() -> impl Strategy<Value = u64> {
-    prop_oneof![
-        Just(u64::MAX),
-        Just(1 << 40),
-        Just(1 << 32),
-        Just(1 << 63),
-        any::<u64>(),
-    ]
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        4 => (any::<Index>(), 0u8..8).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
-        2 => (any::<Index>(), vec(any::<u8>(), 1..8))
-            .prop_map(|(at, bytes)| Mutation::Overwrite { at, bytes }),
-        1 => (any::<Index>(), vec(any::<u8>(), 1..24))
-            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        1 => (any::<Index>(), 1usize..24).prop_map(|(at, len)| Mutation::Remove { at, len }),
-        2 => any::<Index>().prop_map(|at| Mutation::Truncate { at }),
-        1 => vec(any::<u8>(), 1..32).prop_map(|bytes| Mutation::Append { bytes }),
-        2 => (any::<Index>(), huge_u32()).prop_map(|(at, value)| Mutation::SetU32 { at, value }),
-        1 => (any::<Index>(), huge_u64()).prop_map(|(at, value)| Mutation::SetU64 { at, value }),
-    ]
-}
-
+/// Mutations of the files `kvctl` reads: 4-byte little-endian fields
+/// (lengths) set to [`huge_u32`], twice as often as 8-byte fields are set.
 fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
-    vec(mutation(), 1..4)
-}
-
-/// Writes `field` at `at` (clipped to the end of `bytes`).
-fn put_field(bytes: &mut [u8], at: usize, field: &[u8]) {
-    let end = (at + field.len()).min(bytes.len());
-    bytes[at..end].copy_from_slice(&field[..end - at]);
-}
-
-fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
-    if let Mutation::Append { bytes: more } = mutation {
-        bytes.extend_from_slice(more);
-        return;
-    }
-    if bytes.is_empty() {
-        if let Mutation::Insert { bytes: more, .. } = mutation {
-            bytes.extend_from_slice(more);
-        }
-        return;
-    }
-    let len = bytes.len();
-    match mutation {
-        Mutation::FlipBit { at, bit } => bytes[at.index(len)] ^= 1 << bit,
-        Mutation::Overwrite { at, bytes: with } => put_field(bytes, at.index(len), with),
-        Mutation::Insert { at, bytes: more } => {
-            let at = at.index(len + 1);
-            bytes.splice(at..at, more.iter().copied());
-        }
-        Mutation::Remove { at, len: count } => {
-            let at = at.index(len);
-            bytes.drain(at..(at + count).min(len));
-        }
-        Mutation::Truncate { at } => bytes.truncate(at.index(len)),
-        Mutation::SetU32 { at, value } => put_field(bytes, at.index(len), &value.to_le_bytes()),
-        Mutation::SetU64 { at, value } => put_field(bytes, at.index(len), &value.to_le_bytes()),
-        Mutation::Append { .. } => unreachable!("handled above"),
-    }
-}
-
-fn mutated(original: &[u8], mutations: &[Mutation]) -> Vec<u8> {
-    let mut bytes = original.to_vec();
-    for mutation in mutations {
-        apply(&mut bytes, mutation);
-    }
-    bytes
-}
-
-/// Peak virtual memory of this process (`VmPeak`), where Linux reports it.
-fn peak_virtual_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmPeak:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmPeak:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
-/// Runs `decode` and checks that the peak virtual memory of the process did
-/// not grow by 1 GiB or more meanwhile: a reader that reserved what a
-/// damaged length field claims (up to 4 GiB for a u32) would. Other threads
-/// of the test process may allocate meanwhile, hence the wide margin.
-fn bounded_allocation<T>(decode: impl FnOnce() -> T) -> Result<T, TestCaseError> {
-    const MARGIN_BYTES: u64 = 1 << 30;
-    let before = peak_virtual_bytes();
-    let result = decode();
-    if let (Some(before), Some(after)) = (before, peak_virtual_bytes()) {
-        prop_assert!(
-            after.saturating_sub(before) < MARGIN_BYTES,
-            "peak virtual memory grew from {before} to {after} bytes while decoding"
-        );
-    }
-    Ok(result)
+    mutations_with(&FieldMutations {
+        u32_weight: 2,
+        u32_values: huge_u32().boxed(),
+        u64_weight: 1,
+        ..FieldMutations::default()
+    })
 }
 
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -403,7 +250,7 @@ fn check_snapshot_file(
     expected: &[Entry],
     summary: &Summary,
 ) -> Result<(), TestCaseError> {
-    let (entries, end) = bounded_allocation(|| read_snapshot_file(bytes))?;
+    let (entries, end) = bounded(|| read_snapshot_file(bytes))?;
     prop_assert!(
         entries.len() <= expected.len() && entries[..] == expected[..entries.len()],
         "entries that were never written were read"
@@ -466,7 +313,7 @@ proptest! {
     ) {
         let mut bytes = if with_magic { snapshot_file::MAGIC.to_vec() } else { Vec::new() };
         bytes.extend(tail);
-        let (entries, end) = bounded_allocation(|| read_snapshot_file(&bytes))?;
+        let (entries, end) = bounded(|| read_snapshot_file(&bytes))?;
         prop_assert!(entries.is_empty());
         match end {
             Ok(summary) => return Err(TestCaseError::fail(format!("random bytes read: {summary:?}"))),
@@ -515,7 +362,7 @@ proptest! {
         let path = dir.path().join("copy.kvs");
         std::fs::write(&path, &bytes).expect("write");
         let (_, streamed) = read_snapshot_file(&bytes);
-        match (bounded_allocation(|| snapshot_file::verify(&path))?, streamed) {
+        match (bounded(|| snapshot_file::verify(&path))?, streamed) {
             (Ok(verified), Ok(read)) => {
                 prop_assert_eq!(verified, read);
                 prop_assert_eq!(verified, summary);

@@ -110,6 +110,20 @@ fn check_deadline(src: &[u8], max: Duration) -> io::Result<()> {
     }
 }
 
+impl WireCodec {
+    /// Decodes one frame body as the transport does (a server's codec reads
+    /// requests, a client's responses), for tools and tests that look at
+    /// frames directly.
+    pub fn decode<T: for<'de> Deserialize<'de>>(mut self, body: &[u8]) -> io::Result<T> {
+        Deserializer::<T>::deserialize(Pin::new(&mut self), &BytesMut::from(body))
+    }
+
+    /// Encodes one message as a frame body, as the transport does.
+    pub fn encode<T: Serialize>(mut self, message: &T) -> io::Result<Vec<u8>> {
+        Serializer::<T>::serialize(Pin::new(&mut self), message).map(|body| body.to_vec())
+    }
+}
+
 impl<Item> Deserializer<Item> for WireCodec
 where
     Item: for<'de> Deserialize<'de>,

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod lone;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
