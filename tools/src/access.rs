@@ -3,31 +3,51 @@
 //! every node's `kvd.toml`, and turned into the [`AccessKey`] that the
 //! network layer checks on every connection (see `paxos_log::net::access`).
 
+use std::fmt;
 use std::io::Read;
 
 use paxos_log::net::AccessKey;
+use serde::{Deserialize, Serialize};
+
+/// The cluster's secret as the files hold it (hex). Its `Debug` does not
+/// show it: configurations end up in logs and error messages.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret as written in the files.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
 
 /// Bytes of a generated secret (written as twice as many hex digits).
 pub const SECRET_BYTES: usize = 32;
 
-/// A new cluster id and secret (hex), from the operating system's random
-/// source.
-pub fn generate() -> Result<(String, String), String> {
+/// A new cluster id and secret, from the operating system's random source.
+pub fn generate() -> Result<(String, Secret), String> {
     let mut random = [0u8; 8 + SECRET_BYTES];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut source| source.read_exact(&mut random))
         .map_err(|e| format!("reading /dev/urandom for the cluster secret: {e}"))?;
     let (id, secret) = random.split_at(8);
-    Ok((format!("kv-{}", hex(id)), hex(secret)))
+    Ok((format!("kv-{}", hex(id)), Secret(hex(secret))))
 }
 
 /// The key for `cluster_id` and `secret` (hex) as a file gives them: both
 /// or neither (no access control).
 pub fn access_key(
     cluster_id: Option<&str>,
-    secret: Option<&str>,
+    secret: Option<&Secret>,
 ) -> Result<Option<AccessKey>, String> {
-    match (cluster_id, secret) {
+    match (cluster_id, secret.map(Secret::expose)) {
         (None, None) => Ok(None),
         (Some(id), Some(secret)) => {
             let secret = unhex(secret).ok_or_else(|| {
@@ -69,8 +89,9 @@ mod tests {
         let (id, secret) = generate().unwrap();
         let (other_id, other_secret) = generate().unwrap();
         assert_ne!((&id, &secret), (&other_id, &other_secret));
-        assert_eq!(secret.len(), 2 * SECRET_BYTES);
+        assert_eq!(secret.expose().len(), 2 * SECRET_BYTES);
         let key = access_key(Some(&id), Some(&secret)).unwrap().unwrap();
+        assert_eq!(format!("{secret:?}"), "Secret(..)");
         assert_eq!(key.cluster_id(), id);
     }
 
@@ -80,18 +101,18 @@ mod tests {
         assert!(access_key(Some("kv-1"), None)
             .unwrap_err()
             .contains("set both"));
-        assert!(access_key(None, Some("00"))
+        assert!(access_key(None, Some(&Secret("00".into())))
             .unwrap_err()
             .contains("set both"));
-        assert!(access_key(Some("kv-1"), Some("0g"))
+        assert!(access_key(Some("kv-1"), Some(&Secret("0g".into())))
             .unwrap_err()
             .contains("hex"));
-        assert!(access_key(Some("kv-1"), Some("abc"))
+        assert!(access_key(Some("kv-1"), Some(&Secret("abc".into())))
             .unwrap_err()
             .contains("hex"));
-        assert!(access_key(Some("kv-1"), Some("+f"))
+        assert!(access_key(Some("kv-1"), Some(&Secret("+f".into())))
             .unwrap_err()
             .contains("hex"));
-        assert!(access_key(Some(""), Some("00")).is_err());
+        assert!(access_key(Some(""), Some(&Secret("00".into()))).is_err());
     }
 }

@@ -75,7 +75,7 @@ pub struct ClusterFile {
     pub cluster_id: Option<String>,
     /// The shared secret (hex) every connection proves it knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
+    pub secret: Option<crate::access::Secret>,
     /// Mutual TLS on every connection, with the certificates under
     /// `DIR/tls` and `DIR/NODE/tls` (`kvctl cluster init --tls`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -251,7 +251,7 @@ impl ClusterFile {
     pub fn net(&self) -> paxos_log::NetLimits {
         paxos_log::NetLimits {
             // `check` refused a file whose key does not parse.
-            access: crate::access::access_key(self.cluster_id.as_deref(), self.secret.as_deref())
+            access: crate::access::access_key(self.cluster_id.as_deref(), self.secret.as_ref())
                 .ok()
                 .flatten(),
             tls: self.tls_config.clone(),
@@ -261,7 +261,7 @@ impl ClusterFile {
 
     /// Every rule a usable file follows.
     pub fn check(&self) -> Result<(), String> {
-        crate::access::access_key(self.cluster_id.as_deref(), self.secret.as_deref())?;
+        crate::access::access_key(self.cluster_id.as_deref(), self.secret.as_ref())?;
         let mut names = BTreeSet::new();
         let mut addrs = BTreeSet::new();
         let mut ids = BTreeSet::new();
@@ -445,7 +445,7 @@ impl ClusterFile {
                 text,
                 "cluster_id = {}\nsecret = {}",
                 quoted(id),
-                quoted(secret)
+                quoted(secret.expose())
             );
         }
         if self.tls {

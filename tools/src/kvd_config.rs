@@ -125,7 +125,7 @@ pub struct KvdConfig {
     pub cluster_id: Option<String>,
     /// The cluster's shared secret, in hex (access control, with
     /// `cluster_id`).
-    pub secret: Option<String>,
+    pub secret: Option<crate::access::Secret>,
     /// The cluster's CA certificate (mutual TLS, with `tls_cert` and
     /// `tls_key`).
     pub tls_ca: Option<PathBuf>,
@@ -276,7 +276,7 @@ impl KvdConfig {
                 Some(ids.iter().map(|&id| NodeId(id)).collect::<Vec<_>>())
             }
         };
-        let access = crate::access::access_key(self.cluster_id.as_deref(), self.secret.as_deref())
+        let access = crate::access::access_key(self.cluster_id.as_deref(), self.secret.as_ref())
             .map_err(|reason| ConfigError {
                 path: path.to_path_buf(),
                 reason,

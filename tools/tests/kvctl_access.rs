@@ -111,6 +111,16 @@ fn strangers_are_refused_and_told_why() {
     assert!(logs.contains("another cluster"), "{logs}");
     assert!(logs.contains("no access handshake"), "{logs}");
     assert_eq!(ok(&cluster.kvctl(&["get", "a"])).trim(), "1");
+
+    // Asking for TLS on a cluster made without it is refused, not ignored.
+    let dir = cluster.dir.to_string_lossy().into_owned();
+    let out = run_kvctl(&["cluster", "up", &dir, "--tls"], None, None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--tls only applies"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

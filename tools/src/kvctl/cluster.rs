@@ -377,6 +377,16 @@ async fn up(
         true
     };
     let file = ClusterFile::load(&at.file)?;
+    if !initialized && args.shape.tls && !file.tls {
+        // The shape flags only shape a new cluster; say so rather than
+        // start a plaintext cluster the user believes encrypted.
+        bail!(
+            "{} exists without TLS, and --tls only applies when `up` creates a cluster: \
+             drop --tls to start it as it is, or create a new cluster directory with \
+             `kvctl cluster up DIR --tls`",
+            at.file.display()
+        );
+    }
     let (program, as_kvd) = kvd_program(args.kvd.as_deref())?;
 
     let mut started = Vec::new();
